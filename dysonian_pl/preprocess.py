@@ -1,0 +1,109 @@
+"""One preprocessing path from a raw spectrum to the network's input.
+
+Training (simulated spectra), inference on real files and evaluation all end in
+`normalise`: polarity rule, then division by peak-to-peak. Real spectra first go
+through `prepare_real` (finite points, sorted field, baseline, resampling onto the
+model's axis). The network builds its own input channels from the normalised
+spectrum (`model.input_channels`), so nothing here can disagree with training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+def polarity_sign(s: torch.Tensor) -> torch.Tensor:
+    """+1 or -1 per row: -1 where the first extremum is a minimum (physics.md polarity rule).
+
+    For every p > 0 a whole Dysonian line has its low-field lobe positive, so a
+    correctly phased line with increasing field has its maximum first.
+    """
+    imax = s.argmax(dim=-1, keepdim=True)
+    imin = s.argmin(dim=-1, keepdim=True)
+    return torch.where(imin < imax, -1.0, 1.0).to(s.dtype)
+
+
+def peak_to_peak(s: torch.Tensor) -> torch.Tensor:
+    return (s.amax(dim=-1, keepdim=True) - s.amin(dim=-1, keepdim=True)).clamp_min(
+        torch.finfo(s.dtype).tiny
+    )
+
+
+def normalise(s: torch.Tensor, *, polarity: bool = True) -> torch.Tensor:
+    """Apply the polarity rule (optional) and scale each row to peak-to-peak 1."""
+    if polarity:
+        s = s * polarity_sign(s)
+    return s / peak_to_peak(s)
+
+
+@dataclass
+class Prepared:
+    """A real spectrum on the model's axis, and what was done to get it there."""
+
+    spectrum: np.ndarray  # float32 (n_points,), normalised network input
+    flipped: bool  # polarity rule negated the spectrum
+    baseline: float  # median subtracted, in the file's units
+    scale: float  # peak-to-peak of the baseline-corrected, resampled spectrum (file units)
+    coverage: float  # fraction of the model's window covered by the measured sweep
+    warnings: list[str] = field(default_factory=list)
+
+
+def prepare_real(
+    field_g: np.ndarray, intensity: np.ndarray, axis: np.ndarray, *, name: str = "spectrum"
+) -> Prepared:
+    """Finite points, ascending field, median baseline, resampled onto `axis`, normalised.
+
+    Points of `axis` outside the measured sweep are set to zero (after the baseline
+    is removed) and a warning says how much of the window is missing.
+    """
+    field_g = np.asarray(field_g, dtype=np.float64).ravel()
+    intensity = np.asarray(intensity, dtype=np.float64).ravel()
+    if field_g.shape != intensity.shape:
+        raise ValueError(
+            f"{name}: field and intensity differ in length ({field_g.size} vs {intensity.size})"
+        )
+    warnings: list[str] = []
+    ok = np.isfinite(field_g) & np.isfinite(intensity)
+    if not ok.all():
+        warnings.append(f"{name}: dropped {int((~ok).sum())} non-finite points")
+    field_g, intensity = field_g[ok], intensity[ok]
+    if field_g.size < 16:
+        raise ValueError(f"{name}: only {field_g.size} finite points; need at least 16")
+    order = np.argsort(field_g, kind="stable")
+    field_g, intensity = field_g[order], intensity[order]
+    baseline = float(np.median(intensity))
+    y = intensity - baseline
+    if not np.ptp(y) > 0:
+        raise ValueError(f"{name}: the spectrum is constant; there is no line to read")
+    lo, hi = field_g[0], field_g[-1]
+    inside = (axis >= lo) & (axis <= hi)
+    coverage = float(inside.mean())
+    if coverage == 0:
+        raise ValueError(
+            f"{name}: the sweep {lo:.2f}-{hi:.2f} G does not overlap the model's window "
+            f"{axis[0]:.2f}-{axis[-1]:.2f} G"
+        )
+    if coverage < 1:
+        warnings.append(
+            f"{name}: the sweep {lo:.2f}-{hi:.2f} G covers only {100 * coverage:.1f} % of the "
+            f"model's window {axis[0]:.2f}-{axis[-1]:.2f} G; the rest is set to zero"
+        )
+    step_file = (hi - lo) / max(field_g.size - 1, 1)
+    step_axis = (axis[-1] - axis[0]) / max(axis.size - 1, 1)
+    if step_file < 0.5 * step_axis:
+        # average over each axis cell before interpolating, so a finely sampled file is
+        # not decimated (aliasing its noise); a box of the axis step
+        width = int(round(step_axis / step_file))
+        kernel = np.ones(width) / width
+        y = np.convolve(y, kernel, mode="same")
+    resampled = np.where(inside, np.interp(axis, field_g, y), 0.0)
+    scale = float(np.ptp(resampled))
+    if not scale > 0:
+        raise ValueError(f"{name}: the spectrum is constant inside the model's window")
+    t = torch.from_numpy(resampled.astype(np.float32))[None]
+    sign = float(polarity_sign(t)[0, 0])
+    out = normalise(t)[0].numpy()
+    return Prepared(out, sign < 0, baseline, scale, coverage, warnings)

@@ -1,0 +1,717 @@
+"""Readers for measured cw-EPR spectra (pure NumPy, no torch).
+
+Formats:
+
+* Bruker BES3T (``.DSC`` descriptor + ``.DTA`` data, optional ``.XGF``/``.YGF``
+  axis companions), 1D and 2D (one slice at a time or all slices).
+* Bruker ESP and WinEPR (``.par`` + ``.spc``): ESP is big-endian int32, WinEPR
+  (``DOS`` key in the ``.par``) little-endian float32, as in EasySpin's eprload.
+* Text exports (``.txt``, ``.csv``, ``.asc``, ``.dat``): two columns (field,
+  intensity) or three (index, field, intensity), comma/tab/semicolon/space
+  separated, with optional header lines.
+
+Every spectrum comes back with its field axis in gauss **in file order** (no
+sorting; ``sweep_direction`` says which way it runs) and a float64 real intensity.
+Every failure is a :class:`SpectrumFileError` with a one-line message that names
+the file, the problem and what was expected. Binary reads are size-checked
+against the header *before* any array is allocated, so a corrupt header cannot
+trigger a huge allocation.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Spectrum", "SpectrumFileError", "read_spectrum", "read_all_slices"]
+
+
+class SpectrumFileError(ValueError):
+    """A spectrum file (or its companion) is missing, malformed or unsupported."""
+
+
+@dataclass(frozen=True, eq=False)
+class Spectrum:
+    """One measured spectrum; field in gauss in file order, intensity float64."""
+
+    field: np.ndarray
+    intensity: np.ndarray
+    path: str
+    source_format: str
+    frequency_ghz: float | None = None
+    modulation_amplitude_g: float | None = None
+    power_mw: float | None = None
+    sweep_direction: str = "up"
+    title: str | None = None
+    notes: tuple[str, ...] = ()
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def n_points(self) -> int:
+        return int(self.field.shape[0])
+
+
+# --------------------------------------------------------------------------- #
+# shared helpers
+# --------------------------------------------------------------------------- #
+_BES3T_EXT = (".dsc", ".dta")
+_ESP_EXT = (".par", ".spc")
+_TEXT_EXT = (".txt", ".csv", ".asc", ".dat")
+_SUPPORTED = ".DSC/.DTA, .par/.spc, .txt/.csv/.asc/.dat"
+
+_FIELD_UNITS = {"g": 1.0, "gauss": 1.0, "mt": 10.0, "t": 1.0e4, "tesla": 1.0e4}
+_POWER_UNITS = {"w": 1.0e3, "mw": 1.0, "uw": 1.0e-3, "µw": 1.0e-3, "μw": 1.0e-3, "nw": 1.0e-6}
+_FREQ_UNITS = {"hz": 1.0e-9, "khz": 1.0e-6, "mhz": 1.0e-3, "ghz": 1.0}
+
+
+def _err(path: str | os.PathLike, message: str) -> SpectrumFileError:
+    """Build a one-line error naming the file."""
+    text = " ".join(str(message).split())
+    return SpectrumFileError(f"{Path(path).name}: {text}")
+
+
+def _file_size(path: Path, what: str) -> int:
+    """Size of an existing, non-empty file, else a clean error."""
+    if not path.is_file():
+        raise _err(path, f"{what} not found")
+    size = path.stat().st_size
+    if size == 0:
+        raise _err(path, f"file is empty (0 bytes); expected {what}")
+    return size
+
+
+def _find_companion(path: Path, ext: str, role: str, required: bool = True) -> Path | None:
+    """Find ``stem + ext`` beside ``path``, matching the extension (and stem) case-insensitively.
+
+    Prefers the same letter case as the given file's extension, then an exact stem.
+    """
+    directory = path.parent
+    stem = path.stem
+    want = (stem + ext).lower()
+    try:
+        entries = sorted(os.listdir(directory if str(directory) else "."))
+    except OSError:
+        entries = []
+    matches = [e for e in entries if e.lower() == want and (directory / e).is_file()]
+    if matches:
+        upper = path.suffix.isupper()
+
+        def rank(name: str) -> tuple[int, int]:
+            suffix = name[len(name) - len(ext) :]
+            return (name[: len(stem)] != stem, suffix.isupper() != upper)
+
+        return directory / min(matches, key=rank)
+    if required:
+        shown = stem + (ext.upper() if path.suffix.isupper() else ext.lower())
+        raise _err(
+            path,
+            f"companion {role} {shown} not found "
+            f"(looked for {ext.upper()}/{ext.lower()} beside it, any letter case)",
+        )
+    return None
+
+
+def _field_factor(path: Path, unit: str, key: str) -> float:
+    """Gauss per unit of a field-axis unit string, or a clean error."""
+    u = unit.strip().strip("'\"[]() ").lower()
+    if u in _FIELD_UNITS:
+        return _FIELD_UNITS[u]
+    raise _err(
+        path,
+        f"unsupported field unit {key}={unit.strip()!r}; expected G, mT or T "
+        "(a magnetic-field sweep)",
+    )
+
+
+_QUANTITY_RE = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-zµμ]*)\s*$")
+
+
+def _quantity(text: str | None, units: dict[str, float], default_unit: str) -> float | None:
+    """Parse '2.000 mW' / '0.01 mT' / '9.5e9' into a number in the target unit, or None."""
+    if text is None:
+        return None
+    m = _QUANTITY_RE.match(str(text).strip().strip("'\""))
+    if not m:
+        return None
+    unit = (m.group(2) or default_unit).lower()
+    if unit not in units:
+        return None
+    return float(m.group(1)) * units[unit]
+
+
+def _float(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(str(text).strip().strip("'\"").split()[0])
+    except (ValueError, IndexError):
+        return None
+
+
+def _int_key(path: Path, meta: dict, key: str, required: bool, default: int | None = None) -> int:
+    """A positive integer header value, or a clean error."""
+    raw = meta.get(key)
+    if raw is None:
+        if required:
+            raise _err(path, f"header has no {key}; expected the number of points ({key} <n>)")
+        return default  # type: ignore[return-value]
+    try:
+        value = float(raw.split()[0])
+    except (ValueError, IndexError):
+        raise _err(
+            path, f"header {key}={raw!r} is not a number; expected a positive integer"
+        ) from None
+    if not np.isfinite(value) or value != int(value) or value < 1:
+        raise _err(path, f"header {key}={raw!r} is not a positive integer")
+    return int(value)
+
+
+def _read_binary(
+    path: Path, dtype: np.dtype, count: int, header_desc: str, what: str = "data file"
+) -> np.ndarray:
+    """Read exactly ``count`` items of ``dtype``; the size is checked before allocating."""
+    size = _file_size(path, what)
+    needed = int(count) * np.dtype(dtype).itemsize
+    if size != needed:
+        problem = "truncated: " if size < needed else ""
+        raise _err(
+            path,
+            f"{problem}file has {size} bytes but the header ({header_desc}) needs {needed}",
+        )
+    return np.fromfile(path, dtype=dtype, count=count)
+
+
+def _check_finite(path: Path, values: np.ndarray, what: str = "data") -> None:
+    bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        n_nan = int(np.count_nonzero(np.isnan(values)))
+        raise _err(
+            path,
+            f"{what} contain {bad} non-finite value(s) ({n_nan} NaN, {bad - n_nan} Inf) "
+            f"out of {np.size(values)}; expected finite numbers",
+        )
+
+
+def _direction(axis: np.ndarray) -> str:
+    return "down" if axis.size > 1 and axis[-1] < axis[0] else "up"
+
+
+def _make(
+    path: Path,
+    fmt: str,
+    axis: np.ndarray,
+    values: np.ndarray,
+    meta: dict,
+    notes: list[str],
+    *,
+    frequency_ghz: float | None,
+    modulation_amplitude_g: float | None,
+    power_mw: float | None,
+    title: str | None,
+) -> Spectrum:
+    axis = np.ascontiguousarray(axis, dtype=np.float64)
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    if axis.shape != values.shape or axis.ndim != 1:
+        raise _err(
+            path, f"field axis ({axis.shape}) and intensity ({values.shape}) differ in shape"
+        )
+    _check_finite(path, values, "intensity data")
+    _check_finite(path, axis, "field axis values")
+    return Spectrum(
+        field=axis,
+        intensity=values,
+        path=str(path),
+        source_format=fmt,
+        frequency_ghz=frequency_ghz,
+        modulation_amplitude_g=modulation_amplitude_g,
+        power_mw=power_mw,
+        sweep_direction=_direction(axis),
+        title=title or None,
+        notes=tuple(notes),
+        metadata=dict(meta),
+    )
+
+
+def _read_text_lines(path: Path, what: str) -> list[str]:
+    """Text file split on CR, LF or CRLF (non-UTF-8 bytes tolerated)."""
+    _file_size(path, what)
+    raw = path.read_bytes()
+    text = raw.decode("utf-8", errors="replace") if b"\x00" not in raw[:4096] else None
+    if text is None:
+        raise _err(path, f"looks binary (NUL bytes); expected {what} (text)")
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def _unquote(value: str) -> str:
+    v = value.strip()
+    if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"":
+        return v[1:-1]
+    return v
+
+
+# --------------------------------------------------------------------------- #
+# public API
+# --------------------------------------------------------------------------- #
+def read_spectrum(path: str | os.PathLike, slice_index: int | None = 0) -> Spectrum:
+    """Read one spectrum from a BES3T, ESP/WinEPR or text file.
+
+    ``slice_index`` selects the slice of a 2D BES3T file (default the first);
+    ``None`` demands a 1D file and raises if the file holds several slices.
+    """
+    p = Path(path)
+    ext = p.suffix.lower()
+    if ext in _BES3T_EXT + _ESP_EXT + _TEXT_EXT and not p.is_file():
+        raise _err(p, f"file not found (looked for {p})")
+    if ext in _BES3T_EXT:
+        return _BES3T(p).slice(slice_index)
+    if ext in _ESP_EXT:
+        return _read_esp(p)
+    if ext in _TEXT_EXT:
+        return _read_text(p)
+    raise _err(p, f"unknown file type {p.suffix or '(none)'!r} (supported: {_SUPPORTED})")
+
+
+def read_all_slices(path: str | os.PathLike) -> list[Spectrum]:
+    """All slices of a (possibly 2D) BES3T file; a one-element list for 1D and other formats."""
+    p = Path(path)
+    if p.suffix.lower() in _BES3T_EXT:
+        reader = _BES3T(p)
+        return [reader.slice(i) for i in range(reader.n_slices)]
+    return [read_spectrum(p)]
+
+
+# --------------------------------------------------------------------------- #
+# BES3T
+# --------------------------------------------------------------------------- #
+_BSEQ = {"BIG": ">", "LIT": "<"}
+_IRFMT = {"D": "f8", "F": "f4", "I": "i4", "S": "i2", "C": "i1"}
+
+
+def _parse_dsc(path: Path) -> dict:
+    """Key/value pairs of a .DSC file; device-layer keys also stored as 'device.key'."""
+    raw_lines = _read_text_lines(path, "a BES3T descriptor (.DSC)")
+    lines: list[str] = []
+    pending: str | None = None  # a line ending in a single '\\' continues on the next
+    for raw in raw_lines:
+        text = raw.strip() if pending is None else pending + " " + raw.strip()
+        if text.endswith("\\") and not text.endswith("\\\\"):
+            pending = text[:-1].rstrip()
+            continue
+        pending = None
+        lines.append(text)
+    if pending is not None:
+        lines.append(pending)
+    meta: dict[str, str] = {}
+    device = None
+    for stripped in lines:
+        if not stripped or stripped.startswith("*"):
+            continue
+        if stripped.startswith("#"):
+            device = None
+            continue
+        parts = stripped.split(None, 1)
+        key = parts[0]
+        value = _unquote(parts[1]) if len(parts) > 1 else ""
+        if key == ".DVC":
+            device = value.split(",")[0].strip()
+            continue
+        meta.setdefault(key, value)
+        if device:
+            meta[f"{device}.{key}"] = value
+    if not meta:
+        raise _err(path, "no key/value lines found; expected a BES3T descriptor (.DSC)")
+    return meta
+
+
+class _BES3T:
+    """Parsed BES3T descriptor plus the size-checked data; slices built on demand."""
+
+    def __init__(self, path: Path):
+        if path.suffix.lower() == ".dsc":
+            dsc = path
+            dta = _find_companion(path, ".DTA", "data file")
+        else:
+            dta = path
+            dsc = _find_companion(path, ".DSC", "descriptor file")
+        self.dsc, self.dta = dsc, dta
+        meta = _parse_dsc(dsc)
+        self.meta = meta
+        self.notes: list[str] = []
+
+        bseq = meta.get("BSEQ", "BIG").strip().upper()
+        if bseq not in _BSEQ:
+            raise _err(dsc, f"unknown BSEQ {bseq!r}; expected BIG or LIT")
+        self.order = _BSEQ[bseq]
+
+        ikkf = [s.strip().upper() for s in meta.get("IKKF", "REAL").split(",")]
+        for k in ikkf:
+            if k not in ("REAL", "CPLX"):
+                raise _err(dsc, f"unknown IKKF value {k!r}; expected REAL or CPLX")
+        irfmt = [s.strip().upper() for s in meta.get("IRFMT", "D").split(",")]
+        for f in irfmt:
+            if f not in _IRFMT:
+                raise _err(
+                    dsc,
+                    f"unknown or unsupported IRFMT {f!r}; expected one of "
+                    "D (float64), F (float32), I (int32), S (int16), C (int8)",
+                )
+        if len(set(irfmt)) > 1:
+            raise _err(dsc, f"mixed IRFMT {','.join(irfmt)} not supported; expected one format")
+        if len(irfmt) not in (1, len(ikkf)):
+            raise _err(dsc, f"IRFMT has {len(irfmt)} entries but IKKF has {len(ikkf)}")
+        self.dtype = np.dtype(self.order + _IRFMT[irfmt[0]])
+        values_per_point = sum(2 if k == "CPLX" else 1 for k in ikkf)
+        if ikkf[0] == "CPLX":
+            self.notes.append("complex data: real part of channel 1 used")
+        if len(ikkf) > 1:
+            self.notes.append(f"{len(ikkf)} data channels ({','.join(ikkf)}): channel 1 used")
+
+        xpts = _int_key(dsc, meta, "XPTS", required=True)
+        ny = (
+            _int_key(dsc, meta, "YPTS", False, 1)
+            if meta.get("YTYP", "NODATA").upper() != "NODATA"
+            else 1
+        )
+        nz = (
+            _int_key(dsc, meta, "ZPTS", False, 1)
+            if meta.get("ZTYP", "NODATA").upper() != "NODATA"
+            else 1
+        )
+        self.xpts, self.n_slices = xpts, ny * nz
+        desc = f"XPTS={xpts}, IRFMT={','.join(irfmt)}, IKKF={','.join(ikkf)}, YPTS={ny}"
+        if nz > 1:
+            desc += f", ZPTS={nz}"
+        raw = _read_binary(dta, self.dtype, xpts * self.n_slices * values_per_point, desc)
+        self.data = raw.reshape(self.n_slices, xpts, values_per_point)[:, :, 0]
+
+        self.axis = self._x_axis()
+        self.y_values = self._y_axis(ny)
+
+        self.frequency = _quantity(meta.get("MWFQ"), _FREQ_UNITS, "Hz")
+        if self.frequency is None:
+            self.frequency = _quantity(meta.get("FrequencyMon"), _FREQ_UNITS, "GHz")
+        self.modamp = _quantity(meta.get("ModAmp"), _FIELD_UNITS, "G")
+        if self.modamp is None and _float(meta.get("B0MA")) is not None:
+            self.modamp = _float(meta.get("B0MA")) * 1.0e4  # type: ignore[operator]
+        self.power = _quantity(meta.get("Power"), _POWER_UNITS, "mW")
+        if self.power is None and _float(meta.get("MWPW")) is not None:
+            self.power = _float(meta.get("MWPW")) * 1.0e3  # type: ignore[operator]
+        self.title = meta.get("TITL")
+
+    def _x_axis(self) -> np.ndarray:
+        meta, dsc = self.meta, self.dsc
+        factor = _field_factor(dsc, meta.get("XUNI", "G"), "XUNI") if "XUNI" in meta else 1.0
+        if "XUNI" not in meta:
+            self.notes.append("no XUNI in descriptor: field assumed to be in gauss")
+        xtyp = meta.get("XTYP", "IDX").strip().upper()
+        if xtyp == "IGD":
+            xgf = _find_companion(self.dsc, ".XGF", "x-axis file", required=False)
+            if xgf is not None:
+                fmt = meta.get("XFMT", "D").strip().upper()
+                if fmt not in _IRFMT:
+                    raise _err(dsc, f"unknown XFMT {fmt!r}; expected D, F, I, S or C")
+                axis = _read_binary(
+                    xgf,
+                    np.dtype(self.order + _IRFMT[fmt]),
+                    self.xpts,
+                    f"XPTS={self.xpts}, XFMT={fmt}",
+                    "x-axis file (.XGF)",
+                )
+                return axis.astype(np.float64) * factor
+            self.notes.append("XTYP IGD but no .XGF companion: linear axis from XMIN/XWID used")
+        xmin, xwid = _float(meta.get("XMIN")), _float(meta.get("XWID"))
+        if xmin is None or xwid is None:
+            raise _err(dsc, "header has no numeric XMIN/XWID; expected the field range")
+        return np.linspace(xmin, xmin + xwid, self.xpts) * factor
+
+    def _y_axis(self, ny: int) -> np.ndarray | None:
+        meta = self.meta
+        ytyp = meta.get("YTYP", "NODATA").strip().upper()
+        if ytyp == "NODATA" or ny <= 1:
+            return None
+        if ytyp == "IGD":
+            ygf = _find_companion(self.dsc, ".YGF", "y-axis file", required=False)
+            if ygf is not None:
+                fmt = meta.get("YFMT", "D").strip().upper()
+                if fmt not in _IRFMT:
+                    raise _err(self.dsc, f"unknown YFMT {fmt!r}; expected D, F, I, S or C")
+                return _read_binary(
+                    ygf,
+                    np.dtype(self.order + _IRFMT[fmt]),
+                    ny,
+                    f"YPTS={ny}, YFMT={fmt}",
+                    "y-axis file (.YGF)",
+                ).astype(np.float64)
+            self.notes.append("YTYP IGD but no .YGF companion: linear y axis from YMIN/YWID used")
+        ymin, ywid = _float(meta.get("YMIN")), _float(meta.get("YWID"))
+        if ymin is None or ywid is None:
+            return None
+        return np.linspace(ymin, ymin + ywid, ny)
+
+    def slice(self, index: int | None) -> Spectrum:
+        n = self.n_slices
+        if index is None:
+            if n > 1:
+                raise _err(
+                    self.dsc,
+                    f"file holds {n} slices (2D); pass slice_index=0..{n - 1} or use read_all_slices",
+                )
+            index = 0
+        if not isinstance(index, (int, np.integer)) or not -n <= index < n:
+            raise _err(self.dsc, f"slice_index {index!r} out of range; file has {n} slice(s)")
+        index = int(index) % n
+        notes = list(self.notes)
+        meta = dict(self.meta)
+        power = self.power
+        if n > 1:
+            meta["slice_index"] = str(index)
+            meta["n_slices"] = str(n)
+            desc = f"slice {index} of {n}"
+            if self.y_values is not None and index < self.y_values.size:
+                y = float(self.y_values[index])
+                name = self.meta.get("YNAM", "y")
+                unit = self.meta.get("YUNI", "")
+                meta["slice_y_value"] = repr(y)
+                meta["slice_y_unit"] = unit
+                desc += f" ({name} = {y:g} {unit})".rstrip()
+                if "power" in name.lower() and unit.strip().lower() in _POWER_UNITS:
+                    power = y * _POWER_UNITS[unit.strip().lower()]
+            notes.append(desc)
+        return _make(
+            self.dta,
+            "BES3T",
+            self.axis,
+            self.data[index],
+            meta,
+            notes,
+            frequency_ghz=self.frequency,
+            modulation_amplitude_g=self.modamp,
+            power_mw=power,
+            title=self.title,
+        )
+
+
+# --------------------------------------------------------------------------- #
+# ESP / WinEPR
+# --------------------------------------------------------------------------- #
+def _parse_par(path: Path) -> dict:
+    """Key/value pairs of a .par file (CR, LF or CRLF); indented lines continue a value."""
+    lines = _read_text_lines(path, "an ESP/WinEPR parameter file (.par)")
+    meta: dict[str, str] = {}
+    last = None
+    for line in lines:
+        if not line.strip():
+            continue
+        if line[0] in " \t" and last is not None:
+            meta[last] = (meta[last] + " " + line.strip()).strip()
+            continue
+        parts = line.strip().split(None, 1)
+        key = parts[0]
+        if not key[0].isalpha():  # '*' comments and junk, as in eprload
+            last = None
+            continue
+        meta[key] = _unquote(parts[1]) if len(parts) > 1 else ""
+        last = key
+    if not meta:
+        raise _err(path, "no key/value lines found; expected an ESP/WinEPR parameter file")
+    return meta
+
+
+def _read_esp(path: Path) -> Spectrum:
+    if path.suffix.lower() == ".par":
+        par, spc = path, _find_companion(path, ".SPC", "data file")
+    else:
+        spc, par = path, _find_companion(path, ".PAR", "parameter file")
+    meta = _parse_par(par)
+    notes: list[str] = []
+
+    winepr = "DOS" in meta
+    fmt = "WinEPR" if winepr else "ESP"
+    dtype = np.dtype("<f4") if winepr else np.dtype(">i4")
+    flags = int(_float(meta.get("JSS")) or 0)
+    is_complex = bool(flags & 16)
+    if flags & 4096:
+        raise _err(par, f"JSS={flags} marks 2D data, which is not supported; expected a 1D sweep")
+
+    size = _file_size(spc, "data file (.spc)")
+    per_point = 2 if is_complex else 1
+    n = None
+    for key in ("XPLS", "RES", "ANZ", "SSX"):  # eprload precedence: XPLS > RES > ANZ > SSX
+        if key in meta:
+            n = _int_key(par, meta, key, required=True)
+            if key in ("ANZ", "SSX") and is_complex:
+                n //= 2
+            count_key = key
+            break
+    if n is None:
+        if size % (4 * per_point):
+            raise _err(
+                spc,
+                f"file has {size} bytes, not a multiple of {4 * per_point}; "
+                f"expected {fmt} {'complex ' if is_complex else ''}4-byte values",
+            )
+        n = size // (4 * per_point)
+        count_key = "file size"
+        notes.append(f"no point count in .par: {n} points from the file size")
+    desc = f"{count_key}={n}, {fmt} {'little-endian float32' if winepr else 'big-endian int32'}"
+    raw = _read_binary(spc, dtype, n * per_point, desc, "data file (.spc)")
+    values = raw.reshape(n, per_point)[:, 0]
+    if is_complex:
+        notes.append("complex data: real part used")
+
+    factor = _field_factor(par, meta["JUN"], "JUN") if "JUN" in meta else 1.0
+    if "JUN" not in meta:
+        notes.append("no JUN in .par: field assumed to be in gauss")
+    gst, gsi = _float(meta.get("GST")), _float(meta.get("GSI"))
+    hcf, hsw = _float(meta.get("HCF")), _float(meta.get("HSW"))
+    xxlb, xxwi = _float(meta.get("XXLB")), _float(meta.get("XXWI"))
+    two_d_xx = xxlb is not None and xxwi is not None and "XYLB" in meta and "XYWI" in meta
+    if two_d_xx:
+        start, width = xxlb, xxwi
+    elif gst is not None and gsi is not None:
+        start, width = gst, gsi
+    elif hcf is not None and hsw is not None:
+        start, width = hcf - hsw / 2, hsw
+    elif xxlb is not None and xxwi is not None:
+        start, width = xxlb, xxwi
+    elif gst is not None or hcf is not None:
+        width = 50.0
+        start = gst if gst is not None else hcf - 25.0  # type: ignore[operator]
+        ref = "GST" if gst is not None else "HCF"
+        notes.append(
+            f"no sweep width in file (no GSI/HSW): assumed HSW = 50 G from {ref} "
+            "(EasySpin eprload behaviour)"
+        )
+    else:
+        raise _err(par, "no field range (GST/GSI, HCF/HSW or XXLB/XXWI); expected a field sweep")
+    axis = np.linspace(start, start + width, n) * factor  # type: ignore[operator]
+
+    freq = _float(meta.get("MF"))
+    return _make(
+        spc,
+        fmt,
+        axis,
+        values,
+        meta,
+        notes,
+        frequency_ghz=freq,
+        modulation_amplitude_g=_float(meta.get("RMA")),
+        power_mw=_float(meta.get("MP")),
+        title=meta.get("TITL") or meta.get("JCO"),
+    )
+
+
+# --------------------------------------------------------------------------- #
+# text
+# --------------------------------------------------------------------------- #
+_SPLIT_RE = re.compile(r"[,;\t ]+")
+_UNIT_PATTERNS = (
+    (re.compile(r"(?<![A-Za-z])mT(?![A-Za-z])"), "mT"),
+    (re.compile(r"\[\s*G\s*\]|\(\s*G\s*\)|(?i:\bgauss\b)"), "G"),
+    (re.compile(r"\[\s*T\s*\]|\(\s*T\s*\)|(?i:\btesla\b)"), "T"),
+)
+
+
+def _unit_in(text: str) -> str | None:
+    for pattern, unit in _UNIT_PATTERNS:
+        if pattern.search(text):
+            return unit
+    return None
+
+
+def _read_text(path: Path) -> Spectrum:
+    lines = _read_text_lines(path, "a text export (columns of numbers)")
+    header: list[str] = []
+    rows: list[list[float]] = []
+    first_row_line = 0
+    for lineno, line in enumerate(lines, start=1):
+        s = line.strip()
+        if not s:
+            continue
+        if s.startswith(("#", "%", "//")):
+            if not rows:
+                header.append(s.lstrip("#%/ "))
+            continue
+        tokens = [t for t in _SPLIT_RE.split(s) if t]
+        try:
+            numbers = [float(t) for t in tokens]
+        except ValueError:
+            if rows:
+                raise _err(
+                    path,
+                    f"line {lineno} is not numeric ({s[:40]!r}); expected only data rows after the header",
+                ) from None
+            header.append(s)
+            continue
+        if rows and len(numbers) != len(rows[0]):
+            raise _err(
+                path,
+                f"line {lineno} has {len(numbers)} columns but line {first_row_line} has "
+                f"{len(rows[0])}; expected a rectangular table",
+            )
+        if not rows:
+            first_row_line = lineno
+        rows.append(numbers)
+    if not rows:
+        raise _err(
+            path,
+            "no numeric data rows found; expected 2 (field, intensity) or 3 (index, field, intensity) columns",
+        )
+    table = np.asarray(rows, dtype=np.float64)
+    ncol = table.shape[1]
+    notes: list[str] = []
+    if ncol == 2:
+        fcol, icol = 0, 1
+    elif ncol >= 3:
+        first = table[:, 0]
+        looks_index = (
+            np.all(first == np.round(first)) and first.size > 1 and np.all(np.diff(first) == 1)
+        )
+        named_index = bool(header) and "index" in header[-1].lower()
+        if looks_index or named_index:
+            fcol, icol = 1, 2
+        else:
+            fcol, icol = 0, 1
+            notes.append(
+                f"{ncol} columns without an index column: columns 1 and 2 used as field, intensity"
+            )
+        if ncol > 3 or fcol == 0:
+            notes.append(f"extra columns ignored ({ncol} columns in file)")
+    else:
+        raise _err(
+            path,
+            "only 1 numeric column; expected 2 (field, intensity) or 3 (index, field, intensity)",
+        )
+    if table.shape[0] < 2:
+        raise _err(path, "only 1 data row; expected a sweep of at least 2 points")
+
+    unit = None
+    if header:
+        # unit of the field column's header name if the header splits like the data
+        names = re.split(r"\t|,|;|\s{2,}", header[-1])
+        names = [n for n in names if n.strip()]
+        if len(names) == ncol:
+            unit = _unit_in(names[fcol])
+        if unit is None:
+            unit = _unit_in("\n".join(header))
+    if unit is None:
+        unit = "G"
+        notes.append("no field unit in header: gauss assumed")
+    factor = _field_factor(path, unit, "field unit")
+    meta = {"header": "\n".join(header), "field_unit": unit, "columns": str(ncol)}
+    return _make(
+        path,
+        "text",
+        table[:, fcol] * factor,
+        table[:, icol],
+        meta,
+        notes,
+        frequency_ghz=None,
+        modulation_amplitude_g=None,
+        power_mw=None,
+        title=None,
+    )

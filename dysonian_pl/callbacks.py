@@ -59,7 +59,11 @@ class PerformanceMonitor(L.Callback):
             "perf/peak_rss_mb": peak_rss_mb(),
         }
         if pl_module.device.type == "cuda":
-            s["perf/cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(pl_module.device) / 2**20
-            s["perf/cuda_max_reserved_mb"] = torch.cuda.max_memory_reserved(pl_module.device) / 2**20
+            s["perf/cuda_max_allocated_mb"] = (
+                torch.cuda.max_memory_allocated(pl_module.device) / 2**20
+            )
+            s["perf/cuda_max_reserved_mb"] = (
+                torch.cuda.max_memory_reserved(pl_module.device) / 2**20
+            )
         self.summary = s
         pl_module.log_dict(s, on_step=False, on_epoch=True, rank_zero_only=True)

@@ -22,7 +22,9 @@ TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 HALF_PRECISIONS = {"16", "16-mixed", "16-true", "bf16", "bf16-mixed", "bf16-true", 16}
 
 
-def resolve_precision(precision, accelerator: str, cuda_available: bool) -> tuple[object, str | None]:
+def resolve_precision(
+    precision, accelerator: str, cuda_available: bool
+) -> tuple[object, str | None]:
     """The precision to run and, when it differs from the request, one line saying why.
 
     Half precision helps only on CUDA. On a CPU, Lightning turns ``16-mixed`` into
@@ -60,8 +62,14 @@ class DysonianCLI(LightningCLI):
         """Evaluate the best checkpoint on the held-out test split and print the table."""
         if self.trainer.interrupted:
             return
-        best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=False)
+        best = (
+            self.trainer.checkpoint_callback.best_model_path
+            if self.trainer.checkpoint_callback
+            else ""
+        )
+        self.trainer.test(
+            self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=False
+        )
 
 
 def _trainer_main(args: list[str] | None) -> DysonianCLI:
@@ -76,7 +84,32 @@ def _trainer_main(args: list[str] | None) -> DysonianCLI:
     )
 
 
+#: Tools beside the trainer subcommands: name -> (module, one-line help). Each module has
+#: ``main(argv: list[str]) -> int``.
+TOOLS = {
+    "infer": (
+        "dysonian_pl.infer",
+        "read spectrometer files, predict B0, dB, p; CSV, JSON, overlays",
+    ),
+    "lsq": ("dysonian_pl.fitting", "classical least-squares fit of spectrometer files"),
+    "compare": (
+        "dysonian_pl.compare",
+        "CNN vs least squares on held-out simulated spectra and real files",
+    ),
+    "bench": ("dysonian_pl.bench", "measure the training regimes and inference speed"),
+}
+
+
 def main(args: list[str] | None = None):
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in TOOLS:
+        import importlib
+
+        module = importlib.import_module(TOOLS[argv[0]][0])
+        return module.main(argv[1:])
+    if not argv or argv[0] in ("-h", "--help"):
+        tools = "\n".join(f"  {name:<9} {text}" for name, (_, text) in TOOLS.items())
+        print(f"dysonian_pl tools (python -m dysonian_pl TOOL --help):\n{tools}\n")
     return _trainer_main(args)
 
 

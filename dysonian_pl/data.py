@@ -40,7 +40,9 @@ SIMULATOR_VERSION = 1
 SPLITS = ("train", "val", "test")
 
 
-def split_indices(n: int, fractions: tuple[float, float, float], seed: int) -> dict[str, np.ndarray]:
+def split_indices(
+    n: int, fractions: tuple[float, float, float], seed: int
+) -> dict[str, np.ndarray]:
     """Disjoint index sets for train/val/test, a seeded permutation of 0..n-1."""
     perm = np.random.Generator(np.random.PCG64(seed)).permutation(n)
     n_train = int(round(fractions[0] * n))
@@ -52,7 +54,9 @@ def split_indices(n: int, fractions: tuple[float, float, float], seed: int) -> d
     }
 
 
-def cache_key(sim: SimulationConfig, seed: int, n_spectra: int, split: tuple[float, ...], name: str) -> str:
+def cache_key(
+    sim: SimulationConfig, seed: int, n_spectra: int, split: tuple[float, ...], name: str
+) -> str:
     payload = json.dumps(
         {
             "sim": sim.to_dict(),
@@ -67,7 +71,9 @@ def cache_key(sim: SimulationConfig, seed: int, n_spectra: int, split: tuple[flo
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def _write_split_atomically(folder: Path, x: torch.Tensor, y: torch.Tensor, index: np.ndarray, meta: dict) -> None:
+def _write_split_atomically(
+    folder: Path, x: torch.Tensor, y: torch.Tensor, index: np.ndarray, meta: dict
+) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
     try:
@@ -228,8 +234,14 @@ class SpectraDataModule(L.LightningDataModule):
             sim = SimulationConfig.from_dict(sim)
         if n_spectra < 3:
             raise ConfigError(f"data.n_spectra: must be >= 3 (got {n_spectra})")
-        if len(split) != 3 or any(f <= 0 for f in split) or not math.isclose(sum(split), 1.0, abs_tol=1e-6):
-            raise ConfigError(f"data.split: need three positive fractions summing to 1 (got {list(split)})")
+        if (
+            len(split) != 3
+            or any(f <= 0 for f in split)
+            or not math.isclose(sum(split), 1.0, abs_tol=1e-6)
+        ):
+            raise ConfigError(
+                f"data.split: need three positive fractions summing to 1 (got {list(split)})"
+            )
         if batch_size < 1:
             raise ConfigError(f"data.batch_size: must be >= 1 (got {batch_size})")
         if num_workers < 0:
@@ -243,7 +255,9 @@ class SpectraDataModule(L.LightningDataModule):
         self.indices = split_indices(n_spectra, self.split, seed)
         for name, idx in self.indices.items():
             if len(idx) == 0:
-                raise ConfigError(f"data.n_spectra: {n_spectra} spectra leave the {name} split empty")
+                raise ConfigError(
+                    f"data.n_spectra: {n_spectra} spectra leave the {name} split empty"
+                )
         self.sets: dict[str, Dataset] = {}
         self.save_hyperparameters(ignore=["sim"])
         self.hparams["sim"] = sim.to_dict()  # plain types, equal to the model's copy
@@ -320,13 +334,24 @@ class SpectraDataModule(L.LightningDataModule):
             )  # fmt: skip
         elif name == "train":
             sampler = ShardedSampler(
-                np.arange(n_train), seed=self.seed, shuffle=True, rank=rank, world_size=world, even=True
+                np.arange(n_train),
+                seed=self.seed,
+                shuffle=True,
+                rank=rank,
+                world_size=world,
+                even=True,
             )
         else:
             sampler = ShardedSampler(
-                np.arange(len(self.indices[name])), seed=self.seed, shuffle=False, rank=rank, world_size=world
+                np.arange(len(self.indices[name])),
+                seed=self.seed,
+                shuffle=False,
+                rank=rank,
+                world_size=world,
             )
-        on_cuda = bool(self.trainer is not None and self.trainer.strategy.root_device.type == "cuda")
+        on_cuda = bool(
+            self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        )
         workers = self.num_workers
         return DataLoader(
             self.sets[name],

@@ -79,7 +79,9 @@ class DysonNet(nn.Module):
     ) -> None:
         super().__init__()
         if arch not in ARCHITECTURES:
-            raise ValueError(f"arch must be one of {', '.join(map(repr, ARCHITECTURES))} (got {arch!r})")
+            raise ValueError(
+                f"arch must be one of {', '.join(map(repr, ARCHITECTURES))} (got {arch!r})"
+            )
         if width < 4:
             raise ValueError(f"width must be >= 4 (got {width})")
         if not 0.0 <= dropout < 1.0:
@@ -88,7 +90,9 @@ class DysonNet(nn.Module):
         if arch == "prior":
             self.features, feat = self._prior_features(), 128
             self.pool: nn.Module = nn.AdaptiveAvgPool1d(1)
-            self.trunk = nn.Sequential(nn.Linear(feat, 512), nn.ReLU(inplace=True), nn.Dropout(dropout))
+            self.trunk = nn.Sequential(
+                nn.Linear(feat, 512), nn.ReLU(inplace=True), nn.Dropout(dropout)
+            )
             self.heads = nn.ModuleList(
                 nn.Sequential(nn.Linear(512, 128), nn.ReLU(inplace=True), nn.Linear(128, 1))
                 for _ in range(n_outputs)

@@ -73,7 +73,9 @@ class DysonianRegressor(L.LightningModule):
         if isinstance(sim, dict):
             sim = SimulationConfig.from_dict(sim)
         if len(loss_weights) != 3 or any(not (w >= 0 and math.isfinite(w)) for w in loss_weights):
-            raise ConfigError(f"model.loss_weights: need three finite weights >= 0 (got {list(loss_weights)})")
+            raise ConfigError(
+                f"model.loss_weights: need three finite weights >= 0 (got {list(loss_weights)})"
+            )
         self.sim = sim
         self.names = sim.target_names
         # plain types only, so checkpoints load with torch.load(weights_only=True)
@@ -88,7 +90,9 @@ class DysonianRegressor(L.LightningModule):
         )
         self.net = DysonNet(arch=arch, width=width, dropout=dropout, n_outputs=3)
         self.scaler = TargetScaler(sim.ranges())
-        self.register_buffer("loss_w", torch.tensor(loss_weights, dtype=torch.float32), persistent=False)
+        self.register_buffer(
+            "loss_w", torch.tensor(loss_weights, dtype=torch.float32), persistent=False
+        )
         self.val_metrics = _stage_metrics(self.names, "val/")
         self.test_metrics = _stage_metrics(self.names, "test/")
         self._val_store: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -111,13 +115,17 @@ class DysonianRegressor(L.LightningModule):
         err = (z.float() - self.scaler.scale(y)) ** 2
         return (err.mean(dim=0) * self.loss_w).sum() / self.loss_w.sum()
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         x, y = batch
         loss = self._loss(self(x), y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
         return loss
 
-    def _eval_step(self, batch, metrics: MetricCollection, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _eval_step(
+        self, batch, metrics: MetricCollection, stage: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
         z = self(x)
         loss = self._loss(z, y)
@@ -126,7 +134,15 @@ class DysonianRegressor(L.LightningModule):
         for i, name in enumerate(self.names):
             for kind in ("R2", "RMSE", "MAE"):
                 metrics[f"{name}_{kind}"].update(pred[:, i], y[:, i])
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(x))
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,
+            batch_size=len(x),
+        )
         return pred, y
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -220,8 +236,10 @@ def parity_figure(pred: np.ndarray, true: np.ndarray, names: tuple[str, ...]):
     return fig
 
 
-def format_metrics_table(values: dict[str, float], names: tuple[str, ...], stage: str = "test") -> str:
-    rows = [f"| parameter | R2 | RMSE | MAE |", "| --- | --- | --- | --- |"]
+def format_metrics_table(
+    values: dict[str, float], names: tuple[str, ...], stage: str = "test"
+) -> str:
+    rows = ["| parameter | R2 | RMSE | MAE |", "| --- | --- | --- | --- |"]
     for name in names:
         r2 = values.get(f"{stage}/{name}_R2", float("nan"))
         rmse = values.get(f"{stage}/{name}_RMSE", float("nan"))

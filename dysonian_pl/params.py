@@ -33,9 +33,7 @@ class Parameter:
 
 PARAMETERS: dict[str, Parameter] = {
     "B0": Parameter("B0", "G", "resonance field (line centre)", 0.0),
-    "dB": Parameter(
-        "dB", "G", "line width (plate: peak-to-peak width; sphere: half width)", 0.0
-    ),
+    "dB": Parameter("dB", "G", "line width (plate: peak-to-peak width; sphere: half width)", 0.0),
     "p": Parameter("p", "", "skin-effect parameter (plate 2d/delta, sphere d/delta)", 0.0),
     "alpha": Parameter("alpha", "", "wide-line (Joshi) asymmetry", 0.0),
 }
@@ -50,7 +48,9 @@ class ConfigError(ValueError):
     """A configuration value outside what is allowed; the message names option, value and rule."""
 
 
-def _range(name: str, value: tuple[float, float] | list[float], *, lower: float) -> tuple[float, float]:
+def _range(
+    name: str, value: tuple[float, float] | list[float], *, lower: float
+) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
@@ -76,7 +76,9 @@ class Augmentations:
     smooth_prob: float = 0.05  # modulation broadening: Gaussian smoothing
     smooth_sigma_points: tuple[float, float] = (0.6, 2.5)
     field_scale: tuple[float, float] = (1.0, 1.0)  # calibration warp, prior default 0.998-1.002
-    field_offset_g: float = 0.0  # +- G; the prior work's sets all ran with 0 (3.4x worse B0 otherwise)
+    field_offset_g: float = (
+        0.0  # +- G; the prior work's sets all ran with 0 (3.4x worse B0 otherwise)
+    )
     baseline_offset: float = 0.01
     baseline_slope: float = 0.02
     baseline_curvature: float = 0.01

@@ -21,22 +21,24 @@ def polarity_sign(s: torch.Tensor) -> torch.Tensor:
     For every p > 0 a whole Dysonian line has its low-field lobe positive, so a
     correctly phased line with increasing field has its maximum first.
     """
-    imax = s.argmax(dim=-1, keepdim=True)
-    imin = s.argmin(dim=-1, keepdim=True)
-    return torch.where(imin < imax, -1.0, 1.0).to(s.dtype)
+    return _extrema(s)[0]
+
+
+def _extrema(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    hi, imax = s.max(dim=-1, keepdim=True)
+    lo, imin = s.min(dim=-1, keepdim=True)
+    sign = torch.where(imin < imax, -1.0, 1.0).to(s.dtype)
+    return sign, (hi - lo).clamp_min(torch.finfo(s.dtype).tiny)
 
 
 def peak_to_peak(s: torch.Tensor) -> torch.Tensor:
-    return (s.amax(dim=-1, keepdim=True) - s.amin(dim=-1, keepdim=True)).clamp_min(
-        torch.finfo(s.dtype).tiny
-    )
+    return _extrema(s)[1]
 
 
 def normalise(s: torch.Tensor, *, polarity: bool = True) -> torch.Tensor:
     """Apply the polarity rule (optional) and scale each row to peak-to-peak 1."""
-    if polarity:
-        s = s * polarity_sign(s)
-    return s / peak_to_peak(s)
+    sign, ptp = _extrema(s)
+    return s * (sign / ptp) if polarity else s / ptp
 
 
 @dataclass

@@ -56,7 +56,10 @@ def _splitmix64(z: np.ndarray) -> np.ndarray:
 def uniform(seed: int, index: np.ndarray, stream: int) -> np.ndarray:
     """U[0, 1) draws, one per index, from a counter-based hash of (seed, index, stream)."""
     idx = np.asarray(index, dtype=np.uint64)
-    key = _splitmix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) ^ np.uint64(stream * 0x632BE59BD9B4E019 & 0xFFFFFFFFFFFFFFFF))
+    key = _splitmix64(
+        np.uint64(seed & 0xFFFFFFFFFFFFFFFF)
+        ^ np.uint64(stream * 0x632BE59BD9B4E019 & 0xFFFFFFFFFFFFFFFF)
+    )
     bits = _splitmix64(_splitmix64(idx ^ key) + np.uint64(stream))
     return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
@@ -67,7 +70,9 @@ def _draw(seed: int, index: np.ndarray, stream: int, lo: float, hi: float) -> np
 
 @lru_cache(maxsize=2)
 def _noise_bank(seed: int, n_points: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(int(_splitmix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF))) & 0x7FFFFFFFFFFFFFFF)
+    g = torch.Generator().manual_seed(
+        int(_splitmix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF))) & 0x7FFFFFFFFFFFFFFF
+    )
     bank = torch.randn(_NOISE_BANK_SIZE, generator=g, dtype=torch.float32)
     return torch.cat([bank, bank[:n_points]])  # wrap-around so every offset has a full slice
 
@@ -76,17 +81,23 @@ def draw_targets(cfg: SimulationConfig, seed: int, index: np.ndarray) -> np.ndar
     """The (B0, dB, p) (or alpha for wide lines) of each spectrum, float64 (N, 3)."""
     names = cfg.target_names
     streams = (_S_B0, _S_DB, _S_P)
-    return np.stack([_draw(seed, index, s, *getattr(cfg, n)) for n, s in zip(names, streams)], axis=1)
+    return np.stack(
+        [_draw(seed, index, s, *getattr(cfg, n)) for n, s in zip(names, streams)], axis=1
+    )
 
 
 def line_shape(x: torch.Tensor, A: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
     """S = -A 2x/(1+x^2)^2 + D (1-x^2)/(1+x^2)^2, the torch twin of `lineshapes.dysonian`.
 
-    `x` is the reduced field (plate 2(B-B0)/(sqrt(3) dB), sphere (B-B0)/dB).
+    `x` is the reduced field (plate 2(B-B0)/(sqrt(3) dB), sphere (B-B0)/dB); `x` is
+    overwritten (the simulator's hot path works in place). With u = 1 + x^2 the
+    numerator is 2D - 2A x - D u.
     """
-    x2 = x * x
-    r = 1.0 / (1.0 + x2)
-    return (D * (1.0 - x2) - 2.0 * A * x) * (r * r)
+    s = torch.addcmul(2.0 * D, A, x, value=-2.0)  # 2D - 2A x
+    u = x.mul_(x).add_(1.0)
+    s.addcmul_(D, u, value=-1.0)
+    r = u.reciprocal_()
+    return s.mul_(r).mul_(r)
 
 
 def reduced_field_scale(geometry: str) -> float:
@@ -94,7 +105,9 @@ def reduced_field_scale(geometry: str) -> float:
     return 2.0 / math.sqrt(3.0) if geometry == "plate" else 1.0
 
 
-def _clean_lines(cfg: SimulationConfig, seed: int, index: np.ndarray, y: np.ndarray) -> torch.Tensor:
+def _clean_lines(
+    cfg: SimulationConfig, seed: int, index: np.ndarray, y: np.ndarray
+) -> torch.Tensor:
     aug = cfg.augment
     n = cfg.n_points
     w_lo, w_hi = cfg.window
@@ -105,19 +118,30 @@ def _clean_lines(cfg: SimulationConfig, seed: int, index: np.ndarray, y: np.ndar
     # warped axis B' = scale * B + offset; (B' - B0) = (scale*w_lo + offset - B0) + scale*step*i
     start = scale * w_lo + offset - B0
     inc = scale * step
-    i = torch.arange(n, dtype=torch.float64)
     if cfg.wide:
-        B_true = torch.from_numpy(start + B0)[:, None] + torch.from_numpy(inc)[:, None] * i
-        lines = joshi(B_true.numpy(), B0[:, None], dB[:, None], third[:, None])
+        i = np.arange(n, dtype=np.float64)
+        B_true = (start + B0)[:, None] + inc[:, None] * i
+        lines = joshi(B_true, B0[:, None], dB[:, None], third[:, None])
         return torch.from_numpy(np.asarray(lines, dtype=np.float32))
     k = reduced_field_scale(cfg.geometry)
     A, D = dyson_coefficients(third, cfg.geometry)
-    A = torch.from_numpy(np.asarray(A, dtype=np.float32))[:, None]
-    D = torch.from_numpy(np.asarray(D, dtype=np.float32))[:, None]
-    x0 = torch.from_numpy((start * k / dB).astype(np.float32))[:, None]
-    dx = torch.from_numpy((inc * k / dB).astype(np.float32))[:, None]
-    x = x0 + dx * i.float()
-    return line_shape(x, A, D)
+
+    def col(v: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(v, dtype=np.float32))[:, None]
+
+    x = torch.addmm(col(start * k / dB), col(inc * k / dB), _ramp(n))
+    return line_shape(x, col(A), col(D))
+
+
+@lru_cache(maxsize=4)
+def _ramp(n: int) -> torch.Tensor:
+    return torch.arange(n, dtype=torch.float32)[None]
+
+
+@lru_cache(maxsize=4)
+def _baseline_basis(n: int) -> torch.Tensor:
+    t = torch.linspace(-1.0, 1.0, n, dtype=torch.float32)
+    return torch.stack([torch.ones_like(t), t, t * t])
 
 
 def _smooth(s: torch.Tensor, sigma: np.ndarray) -> torch.Tensor:
@@ -132,7 +156,7 @@ def _smooth(s: torch.Tensor, sigma: np.ndarray) -> torch.Tensor:
 
 
 def simulate(
-    cfg: SimulationConfig, seed: int, index: np.ndarray | range | int, *, chunk: int = 2048
+    cfg: SimulationConfig, seed: int, index: np.ndarray | range | int, *, chunk: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Spectra (N, n_points) float32, peak-to-peak 1, and targets (N, 3) float64.
 
@@ -151,7 +175,9 @@ def simulate(
     return out, torch.from_numpy(y)
 
 
-def _simulate_chunk(cfg: SimulationConfig, seed: int, index: np.ndarray, y: np.ndarray) -> torch.Tensor:
+def _simulate_chunk(
+    cfg: SimulationConfig, seed: int, index: np.ndarray, y: np.ndarray
+) -> torch.Tensor:
     aug = cfg.augment
     n = cfg.n_points
     s = normalise(_clean_lines(cfg, seed, index, y))
@@ -163,27 +189,30 @@ def _simulate_chunk(cfg: SimulationConfig, seed: int, index: np.ndarray, y: np.n
             s[rows] = _smooth(s[rows], sigma)
 
     if aug.noise:
-        power = (s * s).mean(dim=1, keepdim=True)
+        # sigma = rms(line) * 10^(-snr/20), with a hashed sign per spectrum
+        rms = torch.linalg.vector_norm(s, dim=1, keepdim=True).mul_(n**-0.5)
         snr = _draw(seed, index, _S_SNR, *aug.snr_db)
-        sigma = power.sqrt() * torch.from_numpy((10.0 ** (-snr / 20.0)).astype(np.float32))[:, None]
-        bank = _noise_bank(seed, n)
+        sign = np.where(uniform(seed, index, _S_NOISE_SIGN) < 0.5, -1.0, 1.0)
+        sigma = rms.mul_(
+            torch.from_numpy((sign * 10.0 ** (-snr / 20.0)).astype(np.float32))[:, None]
+        )
         offsets = (uniform(seed, index, _S_NOISE_OFF) * _NOISE_BANK_SIZE).astype(np.int64)
-        windows = bank.unfold(0, n, 1)  # view: row k is bank[k : k + n]
-        sign = np.where(uniform(seed, index, _S_NOISE_SIGN) < 0.5, -1.0, 1.0).astype(np.float32)
-        sigma = sigma * torch.from_numpy(sign)[:, None]
-        s = s + sigma * windows[torch.from_numpy(offsets)]
+        windows = _noise_bank(seed, n).unfold(0, n, 1)  # view: row k is bank[k : k + n]
+        s.addcmul_(sigma, windows[torch.from_numpy(offsets)])
 
     if aug.baseline_offset or aug.baseline_slope or aug.baseline_curvature:
-        t = torch.linspace(-1.0, 1.0, n, dtype=torch.float32)
-        c = [
-            torch.from_numpy(_draw(seed, index, st, -amp, amp).astype(np.float32))[:, None]
-            for st, amp in (
-                (_S_BASE0, aug.baseline_offset),
-                (_S_BASE1, aug.baseline_slope),
-                (_S_BASE2, aug.baseline_curvature),
-            )
-        ]
-        s = s + (c[0] + c[1] * t + c[2] * (t * t))
+        coef = np.stack(
+            [
+                _draw(seed, index, st, -amp, amp)
+                for st, amp in (
+                    (_S_BASE0, aug.baseline_offset),
+                    (_S_BASE1, aug.baseline_slope),
+                    (_S_BASE2, aug.baseline_curvature),
+                )
+            ],
+            axis=1,
+        )
+        s.addmm_(torch.from_numpy(coef.astype(np.float32)), _baseline_basis(n))
 
     if aug.spike_prob > 0:
         rows = np.flatnonzero(uniform(seed, index, _S_SPIKE) < aug.spike_prob)
@@ -209,7 +238,9 @@ def _spikes(cfg: SimulationConfig, seed: int, index: np.ndarray) -> torch.Tensor
         hw = _draw(seed, index, _S_SPIKE_HW + k, *aug.spike_half_width_points)
         sign = np.where(uniform(seed, index, _S_SPIKE_SIGN + k) < 0.5, -1.0, 1.0)
         a = torch.from_numpy((amp * sign * active).astype(np.float32))[:, None]
-        z = (i - torch.from_numpy(pos.astype(np.float32))[:, None]) / torch.from_numpy(hw.astype(np.float32))[:, None]
+        z = (i - torch.from_numpy(pos.astype(np.float32))[:, None]) / torch.from_numpy(
+            hw.astype(np.float32)
+        )[:, None]
         total += a * torch.exp(-math.log(2.0) * z * z)  # half width at half maximum = hw points
     return total
 

@@ -224,7 +224,7 @@ def parity_figure(pred: np.ndarray, true: np.ndarray, names: tuple[str, ...]):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6))
-    for i, (ax, name) in enumerate(zip(axes, names)):
+    for i, (ax, name) in enumerate(zip(axes, names, strict=True)):
         ax.plot(true[:, i], pred[:, i], ".", ms=2, alpha=0.5)
         lo, hi = float(true[:, i].min()), float(true[:, i].max())
         ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)

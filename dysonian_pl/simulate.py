@@ -82,7 +82,8 @@ def draw_targets(cfg: SimulationConfig, seed: int, index: np.ndarray) -> np.ndar
     names = cfg.target_names
     streams = (_S_B0, _S_DB, _S_P)
     return np.stack(
-        [_draw(seed, index, s, *getattr(cfg, n)) for n, s in zip(names, streams)], axis=1
+        [_draw(seed, index, s, *getattr(cfg, n)) for n, s in zip(names, streams, strict=True)],
+        axis=1,
     )
 
 

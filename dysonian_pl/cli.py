@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from .atomic import AtomicCheckpointIO
 from .callbacks import PerformanceMonitor
 from .data import SpectraDataModule
 from .module import DysonianRegressor
@@ -57,6 +58,17 @@ class DysonianCLI(LightningCLI):
         if note:
             print(note, file=sys.stderr)
             trainer.precision = precision
+
+    def instantiate_trainer(self, **kwargs):
+        """Checkpoints are written atomically unless the config names its own CheckpointIO."""
+        trainer = super().instantiate_trainer(**kwargs)
+        connector = trainer._accelerator_connector
+        if (
+            connector.checkpoint_io is None
+            or type(connector.checkpoint_io).__name__ == "TorchCheckpointIO"
+        ):
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def after_fit(self) -> None:
         """Evaluate the best checkpoint on the held-out test split and print the table."""

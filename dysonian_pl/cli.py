@@ -59,6 +59,11 @@ class DysonianCLI(LightningCLI):
             print(note, file=sys.stderr)
             trainer.precision = precision
 
+    @staticmethod
+    def configure_optimizers(lightning_module, optimizer, lr_scheduler=None):
+        lightning_module.scale_learning_rate(optimizer)
+        return LightningCLI.configure_optimizers(lightning_module, optimizer, lr_scheduler)
+
     def instantiate_trainer(self, **kwargs):
         """Checkpoints are written atomically unless the config names its own CheckpointIO."""
         trainer = super().instantiate_trainer(**kwargs)

@@ -16,6 +16,8 @@ from . import __version__
 from .model import DysonNet
 from .params import ConfigError, SimulationConfig, unit_label
 
+LR_SCALINGS = ("linear", "sqrt", "none")
+
 #: Bumped when a checkpoint written by this version cannot be read by older code.
 CHECKPOINT_FORMAT = 1
 
@@ -57,6 +59,10 @@ class DysonianRegressor(L.LightningModule):
         width: base width of the fast network.
         dropout: dropout before the heads.
         loss_weights: per-target weights of the MSE on scaled targets (B0, dB, p).
+        lr_scaling: how the configured learning rate scales with the number of training
+            processes W (devices x nodes), since `data.batch_size` is per device and the
+            global batch is W times larger: ``"linear"`` (lr x W, the default),
+            ``"sqrt"`` (lr x sqrt W) or ``"none"``.
     """
 
     def __init__(
@@ -66,6 +72,7 @@ class DysonianRegressor(L.LightningModule):
         width: int = 32,
         dropout: float = 0.1,
         loss_weights: tuple[float, float, float] = (1.0, 1.0, 2.0),
+        lr_scaling: str = "linear",
     ) -> None:
         super().__init__()
         if sim is None:
@@ -76,6 +83,11 @@ class DysonianRegressor(L.LightningModule):
             raise ConfigError(
                 f"model.loss_weights: need three finite weights >= 0 (got {list(loss_weights)})"
             )
+        if lr_scaling not in LR_SCALINGS:
+            raise ConfigError(
+                f"model.lr_scaling: must be one of {', '.join(LR_SCALINGS)} (got {lr_scaling!r})"
+            )
+        self.lr_scaling = lr_scaling
         self.sim = sim
         self.names = sim.target_names
         # plain types only, so checkpoints load with torch.load(weights_only=True)
@@ -86,6 +98,7 @@ class DysonianRegressor(L.LightningModule):
                 "width": width,
                 "dropout": dropout,
                 "loss_weights": list(loss_weights),
+                "lr_scaling": lr_scaling,
             }
         )
         self.net = DysonNet(arch=arch, width=width, dropout=dropout, n_outputs=3)
@@ -179,8 +192,28 @@ class DysonianRegressor(L.LightningModule):
     def configure_optimizers(self):
         # used when no optimizer is configured (Python use); the CLI overrides it
         opt = torch.optim.AdamW(self.parameters(), lr=2e-3, weight_decay=1e-4)
+        self.scale_learning_rate(opt)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=10)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss"}}
+
+    def scale_learning_rate(self, optimizer: torch.optim.Optimizer) -> float:
+        """Scale the optimizer's lr for the number of training processes (once per optimizer).
+
+        A resumed run restores the already-scaled lr from its checkpoint afterwards.
+        """
+        world = self.trainer.world_size if self._trainer is not None else 1
+        factor = {"linear": float(world), "sqrt": math.sqrt(world), "none": 1.0}[self.lr_scaling]
+        if factor != 1.0 and not getattr(optimizer, "_dysonian_lr_scaled", False):
+            for group in optimizer.param_groups:
+                group["lr"] *= factor
+                if "initial_lr" in group:
+                    group["initial_lr"] *= factor
+            optimizer._dysonian_lr_scaled = True
+            if self.trainer.is_global_zero:
+                print(
+                    f"dysonian_pl: {world} training processes; lr scaled x{factor:g} ({self.lr_scaling})"
+                )
+        return factor
 
     # ---- checkpoints -------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import torch
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -41,6 +42,20 @@ def resolve_precision(
     return precision, None
 
 
+def find_last_checkpoint(root: str | Path) -> tuple[Path, int] | None:
+    """The newest run's ``last.ckpt`` under ``root/lightning_logs/version_N/checkpoints``."""
+    found = []
+    for ckpt in Path(root).glob("lightning_logs/version_*/checkpoints/last.ckpt"):
+        try:
+            found.append((int(ckpt.parent.parent.name.removeprefix("version_")), ckpt))
+        except ValueError:
+            continue
+    if not found:
+        return None
+    version, ckpt = max(found)
+    return ckpt, version
+
+
 class DysonianCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -58,6 +73,34 @@ class DysonianCLI(LightningCLI):
         if note:
             print(note, file=sys.stderr)
             trainer.precision = precision
+        if self.subcommand == "fit" and cfg.get("ckpt_path") == "last":
+            self._resume_last(cfg)
+
+    @staticmethod
+    def _resume_last(cfg) -> None:
+        """`--ckpt_path last`: continue the newest run in its own version folder.
+
+        Lightning alone would look for last.ckpt in a new version folder, find nothing and
+        start over; here the newest ``last.ckpt`` is used and TensorBoard keeps logging
+        into the same run, so its curves continue where they stopped.
+        """
+        root = cfg.trainer.default_root_dir or "."
+        found = find_last_checkpoint(root)
+        if found is None:
+            print(
+                f"dysonian_pl: no last.ckpt under {root}/lightning_logs; starting a new run",
+                file=sys.stderr,
+            )
+            cfg.ckpt_path = None
+            return
+        ckpt, version = found
+        cfg.ckpt_path = str(ckpt)
+        if cfg.trainer.logger in (None, True):
+            cfg.trainer.logger = Namespace(
+                class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                init_args=Namespace(save_dir=str(root), name="lightning_logs", version=version),
+            )
+        print(f"dysonian_pl: resuming from {ckpt}", file=sys.stderr)
 
     @staticmethod
     def configure_optimizers(lightning_module, optimizer, lr_scheduler=None):

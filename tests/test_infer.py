@@ -1,0 +1,359 @@
+"""Inference on files: checkpoint validation, predictions, reconstruction, outputs, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dysonian_pl import infer
+from dysonian_pl.module import CHECKPOINT_FORMAT, DysonianRegressor
+from dysonian_pl.params import SimulationConfig
+from dysonian_pl.preprocess import normalise
+from dysonian_pl.simulate import field_axis, simulate
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_spectra"
+STRONG1 = REAL / "easyspin-eprfiles" / "strong1.dta"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _real(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real spectra not available ({path})")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory) -> Path:
+    """A tiny checkpoint written by Lightning after two optimiser steps."""
+    import lightning as L
+
+    from dysonian_pl.data import SpectraDataModule
+
+    sim = SimulationConfig(
+        B0=(3320.0, 3480.0), dB=(3.0, 50.0), p=(0.2, 2.0), window=(3300.0, 3500.0), n_points=512
+    )
+    model = DysonianRegressor(sim=sim, width=8)
+    dm = SpectraDataModule(sim=sim, n_spectra=60, batch_size=16, cache_dir=None)
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=1,
+    )
+    trainer.fit(model, dm)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def model(ckpt) -> DysonianRegressor:
+    return infer.load_model(ckpt)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(line for line in fh if not line.startswith("#")))
+
+
+def _no_tmp_left(folder: Path) -> None:
+    assert not [p.name for p in folder.iterdir() if ".tmp" in p.name]
+
+
+# --------------------------------------------------------------------------- #
+# checkpoints
+# --------------------------------------------------------------------------- #
+def test_load_model_eval_cpu_and_cached(ckpt, model):
+    assert isinstance(model, DysonianRegressor)
+    assert not model.training
+    assert next(model.parameters()).device.type == "cpu"
+    assert model.sim.n_points == 512 and model.sim.window == (3300.0, 3500.0)
+    assert model.checkpoint_meta["format"] == CHECKPOINT_FORMAT
+    assert infer.load_model(ckpt) is model
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(infer.CheckpointError, match="not found"):
+        infer.load_model(tmp_path / "nope.ckpt")
+
+
+def test_random_bytes_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "random.ckpt"
+    bad.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(infer.CheckpointError, match="not a PyTorch checkpoint file"):
+        infer.load_model(bad)
+    code = infer.main([str(_real(STRONG1)), "--ckpt", str(bad), "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: checkpoint random.ckpt: not a PyTorch")
+
+
+def test_torch_file_without_section(tmp_path, capsys):
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "hyper_parameters": {}}, other)
+    with pytest.raises(infer.CheckpointError, match="not a dysonian_pl checkpoint"):
+        infer.load_model(other)
+    assert infer.main(["x.dta", "--ckpt", str(other)]) == 2
+    assert "not a dysonian_pl checkpoint" in capsys.readouterr().err
+
+
+def test_newer_format_refused(ckpt, tmp_path):
+    d = torch.load(ckpt, map_location="cpu", weights_only=True)
+    d["dysonian_pl"]["format"] = CHECKPOINT_FORMAT + 1
+    newer = tmp_path / "newer.ckpt"
+    torch.save(d, newer)
+    with pytest.raises(infer.CheckpointError, match="newer than this dysonian_pl"):
+        infer.load_model(newer)
+
+
+def test_non_plain_objects_need_trust(ckpt, tmp_path):
+    d = torch.load(ckpt, map_location="cpu", weights_only=True)
+    d["extra"] = argparse.Namespace(note="an arbitrary object")
+    odd = tmp_path / "odd.ckpt"
+    torch.save(d, odd)
+    with pytest.raises(infer.CheckpointError, match="non-plain Python objects"):
+        infer.load_model(odd)
+    assert isinstance(infer.load_model(odd, trust=True), DysonianRegressor)
+
+
+def test_no_checkpoint_given(capsys):
+    assert infer.default_checkpoint() is None
+    assert infer.main(["a.dta"]) == 2
+    assert "no checkpoint given: pass --ckpt" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- #
+# predictions
+# --------------------------------------------------------------------------- #
+def test_predict_arrays_shape_batches_and_check(model):
+    x, _ = simulate(model.sim, 3, np.arange(5))
+    a = infer.predict_arrays(model, x.numpy())
+    before = torch.get_num_threads()
+    b = infer.predict_arrays(model, x.numpy(), batch=2, threads=1)
+    assert torch.get_num_threads() == before
+    assert a.shape == (5, 3) and a.dtype == np.float64 and np.isfinite(a).all()
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"expected shape \(N, 512\)"):
+        infer.predict_arrays(model, np.zeros((2, 100), np.float32))
+
+
+def test_simulated_text_file_matches_predict_arrays(model, tmp_path):
+    x, _ = simulate(model.sim, 11, np.arange(3))
+    axis = field_axis(model.sim)
+    files = []
+    for i in range(3):
+        f = tmp_path / f"sim{i}.csv"
+        with open(f, "w") as fh:
+            fh.write("field (G),intensity\n")
+            fh.writelines(
+                f"{float(b)!r},{float(v)!r}\n" for b, v in zip(axis, x[i].numpy(), strict=True)
+            )
+        files.append(f)
+    rows = infer.infer_files(files, model, tmp_path / "out", plots=False, quiet=True)
+    assert [r["status"] for r in rows] == ["ok"] * 3, [r.get("error") for r in rows]
+    got = np.array([[r["B0"], r["dB"], r["p"]] for r in rows])
+    want = infer.predict_arrays(model, normalise(x).numpy())
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert all(r["status"] == "ok" and r["coverage"] == 1.0 for r in rows)
+    # a full-coverage simulated line is reconstructed with a positive amplitude
+    # in file units (the file holds a peak-to-peak-1 spectrum)
+    assert all(np.isfinite(r["amplitude"]) for r in rows)
+
+
+def test_reconstruction_recovers_amplitude_and_baseline(model):
+    """With the true parameters, the linear fit returns the file's amplitude and baseline."""
+    from dysonian_pl.preprocess import prepare_real
+
+    axis = field_axis(model.sim)
+    params = np.array([3400.0, 20.0, 0.8])
+    line = infer.model_line(model, axis, params)
+    data = 250.0 * line + 7.0 + 0.05 * (axis - 3400.0)
+    prep = prepare_real(axis, -data, axis)  # negated in the file: polarity flips it back
+    assert prep.flipped
+    fit = infer._reconstruct(model, axis, prep, params, np.ones_like(axis, bool))
+    assert fit.amplitude == pytest.approx(250.0, rel=1e-5)
+    assert fit.offset == pytest.approx(-7.0, rel=1e-5)
+    assert fit.slope == pytest.approx(-0.05, rel=1e-5)
+    assert fit.rms < 1e-5
+
+
+# --------------------------------------------------------------------------- #
+# files, outputs, warnings
+# --------------------------------------------------------------------------- #
+def test_strong1_outputs_and_coverage_warning(model, tmp_path):
+    out = tmp_path / "out"
+    rows = infer.infer_files([_real(STRONG1)], model, out, quiet=True)
+    assert len(rows) == 1 and rows[0]["status"] == "ok"
+    table = _read_csv(out / "predictions.csv")
+    assert [r["file"] for r in table] == ["strong1.dta"]
+    for name in ("B0", "dB", "p", "amplitude", "baseline_offset", "baseline_slope"):
+        assert np.isfinite(float(table[0][name]))
+    assert "covers only 25.0 % of the model's window" in table[0]["warnings"]
+    assert "amplitude:" in (out / "predictions.csv").read_text().split("\nfile,")[0]
+    doc = json.loads((out / "predictions.json").read_text())
+    assert doc["model"]["window_g"] == [3300.0, 3500.0]
+    assert doc["model"]["checkpoint"].endswith("tiny.ckpt")
+    assert doc["model"]["checkpoint_format"] == CHECKPOINT_FORMAT
+    assert doc["rows"][0]["B0"] == pytest.approx(float(table[0]["B0"]))
+    png = out / "strong1.png"
+    assert rows[0]["png"] == "strong1.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 1024
+    _no_tmp_left(out)
+
+
+def test_missing_file_error_row_exit_1_no_plots(ckpt, tmp_path, capsys):
+    out = tmp_path / "out"
+    missing = tmp_path / "missing.dta"
+    code = infer.main([str(missing), str(_real(STRONG1)), "--ckpt", str(ckpt), "--out", str(out), "--no-plots"])  # fmt: skip
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "| file |" in captured.out and "| missing.dta |" in captured.out
+    assert "error: missing.dta: file not found" in captured.err
+    assert "Traceback" not in captured.err
+    table = _read_csv(out / "predictions.csv")
+    assert [r["status"] for r in table] == ["error", "ok"]
+    assert "file not found" in table[0]["error"]
+    assert not list(out.glob("*.png"))
+    _no_tmp_left(out)
+
+
+def test_all_ok_exit_0_and_glob_reads_pairs_once(ckpt, tmp_path, capsys):
+    src = _real(REAL / "easyspin-eprfiles")
+    work = tmp_path / "in"
+    work.mkdir()
+    for name in ("strong1.dsc", "strong1.dta", "strong1esp.par", "strong1esp.spc"):
+        shutil.copy(src / name, work / name)
+    (work / "notes.md").write_text("not a spectrum\n")
+    found = infer.expand_inputs([str(work / "*")])
+    assert [Path(p).name for _, p in found] == ["strong1.dsc", "strong1esp.par"]
+    # an explicit data file and its descriptor from a glob are one spectrum
+    assert len(infer.expand_inputs([str(work / "strong1.dta"), str(work / "strong1.*")])) == 1
+    assert infer.expand_inputs([str(work / "*.xyz")]) == [(str(work / "*.xyz"), None)]
+    out = tmp_path / "out"
+    code = infer.main([str(work / "*"), "--ckpt", str(ckpt), "--out", str(out), "--no-plots"])
+    assert code == 0
+    table = _read_csv(out / "predictions.csv")
+    # the same numbers from the BES3T and the ESP copy of one measurement
+    assert float(table[0]["p"]) == pytest.approx(float(table[1]["p"]), rel=1e-5)
+    capsys.readouterr()
+
+
+def test_unique_png_names(model, tmp_path):
+    assert infer._png_names(["a", "a", "A", "strong1", "strong1esp", "a"]) == [
+        "a.png",
+        "a-2.png",
+        "A-3.png",
+        "strong1.png",
+        "strong1esp.png",
+        "a-4.png",
+    ]
+    src = _real(REAL / "easyspin-eprfiles")
+    files = []
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        for ext in (".dsc", ".dta"):
+            shutil.copy(src / f"strong1{ext}", tmp_path / folder / f"a{ext}")
+        files.append(tmp_path / folder / "a.dsc")
+    out = tmp_path / "out"
+    rows = infer.infer_files(files, model, out, quiet=True)
+    assert [r["png"] for r in rows] == ["a.png", "a-2.png"]
+    assert (out / "a.png").stat().st_size > 1024 and (out / "a-2.png").stat().st_size > 1024
+
+
+def test_progress_bar_only_when_asked(model, tmp_path, capsys):
+    files = [_real(STRONG1), REAL / "easyspin-eprfiles" / "strong1esp.spc"]
+    infer.infer_files(files, model, tmp_path / "a", plots=False, quiet=True)
+    assert capsys.readouterr().err == ""  # not a TTY: silent
+    infer.infer_files(files, model, tmp_path / "b", plots=False, quiet=True, progress=True)
+    assert "2/2" in capsys.readouterr().err
+
+
+def test_warnings_edges_and_flip(model):
+    axis = field_axis(model.sim)
+    prep = type("P", (), {"warnings": ["f.dta: partial"], "flipped": True})()
+    warns = infer._warnings_for(
+        model, np.array([3305.0, 20.0, 0.21]), prep, axis, "f.dta", (3300.0, 3310.0)
+    )
+    text = "; ".join(warns)
+    assert warns[0] == "partial"
+    assert "line lies at/outside the window" in text
+    assert "p = 0.21 is at the edge of the training range [0.2, 2]: treat with caution" in text
+    assert "B0 = 3305 G is outside the training range [3320, 3480]" in text
+    assert "polarity flipped" in text
+    prep.flipped = False
+    quiet = infer._warnings_for(model, np.array([3400.0, 20.0, 1.0]), prep, axis, "f.dta")
+    assert quiet == ["partial"]
+
+
+def test_atomic_write_failure_leaves_nothing(tmp_path, monkeypatch):
+    target = tmp_path / "predictions.csv"
+    target.write_text("old\n")
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        infer._atomic_write(target, b"new\n")
+    assert target.read_text() == "old\n"
+    _no_tmp_left(tmp_path)
+
+
+def test_polish_columns(model, tmp_path):
+    pytest.importorskip(
+        "dysonian_pl.fitting", reason="dysonian_pl.fitting (least squares) is not written yet"
+    )
+    rows = infer.infer_files(
+        [_real(STRONG1)], model, tmp_path, plots=False, polish=True, quiet=True
+    )
+    row = rows[0]
+    for key in ("lsq_B0", "lsq_dB", "lsq_p", "lsq_B0_stderr", "lsq_success"):
+        assert key in row
+    table = _read_csv(tmp_path / "predictions.csv")
+    assert "lsq_p_stderr" in table[0]
+
+
+def test_polish_plumbing_with_a_stub_fitter(model, tmp_path, monkeypatch):
+    """The polish columns and warnings, independent of the real fitter."""
+    import sys
+    import types
+
+    calls = {}
+
+    def fit_spectrum(field_g, intensity, *, geometry, start):
+        calls.update(n=len(field_g), geometry=geometry, start=start)
+        return types.SimpleNamespace(
+            params={"B0": 3400.5, "dB": 1.2, "p": 0.3},
+            stderr={"B0": 0.01, "dB": 0.02, "p": 0.03},
+            success=True,
+        )
+
+    stub = types.ModuleType("dysonian_pl.fitting")
+    stub.fit_spectrum = fit_spectrum
+    monkeypatch.setitem(sys.modules, "dysonian_pl.fitting", stub)
+    rows = infer.infer_files(
+        [_real(STRONG1)], model, tmp_path, plots=False, polish=True, quiet=True
+    )
+    assert calls["n"] == 1024 and calls["geometry"] == "plate"
+    assert calls["start"] == {"B0": rows[0]["B0"], "dB": rows[0]["dB"], "p": rows[0]["p"]}
+    assert rows[0]["lsq_p"] == 0.3 and rows[0]["lsq_p_stderr"] == 0.03
+    assert rows[0]["lsq_success"] is True
+    assert _read_csv(tmp_path / "predictions.csv")[0]["lsq_success"] == "True"
+
+    monkeypatch.setitem(sys.modules, "dysonian_pl.fitting", None)  # import fails
+    rows = infer.infer_files(
+        [_real(STRONG1)], model, tmp_path, plots=False, polish=True, quiet=True
+    )
+    assert "polish skipped: dysonian_pl.fitting is not available" in rows[0]["warnings"]
+    assert rows[0]["status"] == "ok" and np.isnan(rows[0]["lsq_p"])

@@ -160,17 +160,51 @@ TOOLS = {
 }
 
 
-def main(args: list[str] | None = None):
-    argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in TOOLS:
-        import importlib
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input (a file, an option), reported in one line."""
+    from .params import ConfigError
+    from .readers import SpectrumFileError
 
-        module = importlib.import_module(TOOLS[argv[0]][0])
-        return module.main(argv[1:])
-    if not argv or argv[0] in ("-h", "--help"):
-        tools = "\n".join(f"  {name:<9} {text}" for name, (_, text) in TOOLS.items())
-        print(f"dysonian_pl tools (python -m dysonian_pl TOOL --help):\n{tools}\n")
-    return _trainer_main(args)
+    errors: list[type[BaseException]] = [ConfigError, SpectrumFileError, FileNotFoundError]
+    try:
+        from .infer import CheckpointError
+
+        errors.append(CheckpointError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(args: list[str] | None = None):
+    """Run a tool or a LightningCLI subcommand.
+
+    Bad input (a config value, a spectrometer file, a checkpoint) ends with one line
+    ``error: ...`` on stderr and exit status 2; ``--verbose`` shows the traceback.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    verbose = "--verbose" in argv
+    if verbose and (not argv or argv[0] not in TOOLS):
+        argv.remove("--verbose")  # the tools take --verbose themselves
+    try:
+        if argv and argv[0] in TOOLS:
+            import importlib
+
+            module = importlib.import_module(TOOLS[argv[0]][0])
+            return module.main(argv[1:])
+        if not argv or argv[0] in ("-h", "--help"):
+            tools = "\n".join(f"  {name:<9} {text}" for name, (_, text) in TOOLS.items())
+            print(f"dysonian_pl tools (python -m dysonian_pl TOOL --help):\n{tools}\n")
+        return _trainer_main(argv)
+    except user_errors() as err:
+        if verbose:
+            raise
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .params import ConfigError
+
 ARCHITECTURES = ("fast", "prior")
 
 
@@ -79,13 +81,13 @@ class DysonNet(nn.Module):
     ) -> None:
         super().__init__()
         if arch not in ARCHITECTURES:
-            raise ValueError(
-                f"arch must be one of {', '.join(map(repr, ARCHITECTURES))} (got {arch!r})"
+            raise ConfigError(
+                f"model.arch: must be one of {', '.join(map(repr, ARCHITECTURES))} (got {arch!r})"
             )
         if width < 4:
-            raise ValueError(f"width must be >= 4 (got {width})")
+            raise ConfigError(f"model.width: must be >= 4 (got {width})")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1) (got {dropout})")
+            raise ConfigError(f"model.dropout: must be in [0, 1) (got {dropout})")
         self.arch, self.n_outputs = arch, n_outputs
         if arch == "prior":
             self.features, feat = self._prior_features(), 128

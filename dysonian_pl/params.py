@@ -48,9 +48,13 @@ class ConfigError(ValueError):
     """A configuration value outside what is allowed; the message names option, value and rule."""
 
 
+_OPT = "data.sim."  # where users set these options in a run's YAML
+
+
 def _range(
     name: str, value: tuple[float, float] | list[float], *, lower: float
 ) -> tuple[float, float]:
+    name = _OPT + name
     try:
         lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
@@ -93,11 +97,13 @@ class Augmentations:
         for name in ("smooth_prob", "spike_prob"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
-                raise ConfigError(f"augment.{name}: probability must be in [0, 1] (got {v})")
+                raise ConfigError(
+                    f"data.sim.augment.{name}: probability must be in [0, 1] (got {v})"
+                )
         for name in ("field_offset_g", "baseline_offset", "baseline_slope", "baseline_curvature"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
-                raise ConfigError(f"augment.{name}: amplitude must be >= 0 (got {v})")
+                raise ConfigError(f"data.sim.augment.{name}: amplitude must be >= 0 (got {v})")
         for name in (
             "smooth_sigma_points",
             "field_scale",
@@ -108,9 +114,9 @@ class Augmentations:
         ):
             lo, hi = getattr(self, name)
             if lo > hi:
-                raise ConfigError(f"augment.{name}: min must be <= max (got [{lo}, {hi}])")
+                raise ConfigError(f"data.sim.augment.{name}: min must be <= max (got [{lo}, {hi}])")
         if self.field_scale[0] <= 0:
-            raise ConfigError(f"augment.field_scale: must be > 0 (got {self.field_scale})")
+            raise ConfigError(f"data.sim.augment.field_scale: must be > 0 (got {self.field_scale})")
 
 
 @dataclass(frozen=True)
@@ -135,33 +141,35 @@ class SimulationConfig:
         object.__setattr__(self, "p", _range("p", self.p, lower=0.0))
         a_lo, a_hi = (float(v) for v in self.alpha)
         if a_lo < 0 or a_lo > a_hi:
-            raise ConfigError(f"alpha: need 0 <= min <= max (got [{a_lo}, {a_hi}])")
+            raise ConfigError(f"{_OPT}alpha: need 0 <= min <= max (got [{a_lo}, {a_hi}])")
         object.__setattr__(self, "alpha", (a_lo, a_hi))
         try:
             w_lo, w_hi = (float(v) for v in self.window)
         except (TypeError, ValueError):
-            raise ConfigError(f"window: expected [Bmin, Bmax] in G (got {self.window!r})") from None
+            raise ConfigError(
+                f"{_OPT}window: expected [Bmin, Bmax] in G (got {self.window!r})"
+            ) from None
         if not (math.isfinite(w_lo) and math.isfinite(w_hi) and w_lo < w_hi):
-            raise ConfigError(f"window: need finite Bmin < Bmax (got [{w_lo}, {w_hi}])")
+            raise ConfigError(f"{_OPT}window: need finite Bmin < Bmax (got [{w_lo}, {w_hi}])")
         object.__setattr__(self, "window", (w_lo, w_hi))
         if not (self.B0[0] >= w_lo and self.B0[1] <= w_hi):
             raise ConfigError(
-                f"B0: range [{self.B0[0]}, {self.B0[1]}] G must lie inside the window [{w_lo}, {w_hi}] G"
+                f"{_OPT}B0: range [{self.B0[0]}, {self.B0[1]}] G must lie inside the window [{w_lo}, {w_hi}] G"
             )
         if isinstance(self.n_points, bool) or int(self.n_points) != self.n_points:
-            raise ConfigError(f"n_points: must be an integer (got {self.n_points!r})")
+            raise ConfigError(f"{_OPT}n_points: must be an integer (got {self.n_points!r})")
         if self.n_points < MIN_POINTS:
-            raise ConfigError(f"n_points: must be >= {MIN_POINTS} (got {self.n_points})")
+            raise ConfigError(f"{_OPT}n_points: must be >= {MIN_POINTS} (got {self.n_points})")
         object.__setattr__(self, "n_points", int(self.n_points))
         if self.geometry not in GEOMETRIES:
             allowed = ", ".join(repr(g) for g in GEOMETRIES)
-            raise ConfigError(f"geometry: must be one of {allowed} (got {self.geometry!r})")
+            raise ConfigError(f"{_OPT}geometry: must be one of {allowed} (got {self.geometry!r})")
         if isinstance(self.augment, dict):
             object.__setattr__(self, "augment", Augmentations(**self.augment))
         lo, hi = self.dB
         if lo < WIDE_LINE_THRESHOLD_G <= hi and hi != lo:
             raise ConfigError(
-                f"dB: range [{lo}, {hi}] G straddles the narrow/wide threshold "
+                f"{_OPT}dB: range [{lo}, {hi}] G straddles the narrow/wide threshold "
                 f"{WIDE_LINE_THRESHOLD_G:g} G; use two models, one below and one at or above it"
             )
 

@@ -1,0 +1,106 @@
+"""Shared helpers for the tests: tiny CLI runs on CPU, written only under pytest's tmp dirs.
+
+The machine the suite runs on has two shared cores; with two intra-op threads a busy
+neighbour makes every convolution wait on an OpenMP barrier (a tiny fit went from
+5 s to 20 s), so the test process uses one thread. Numbers do not depend on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "configs"
+
+#: The tiny data set every CLI test trains on: 90 spectra -> 63 train, 14 val, 13 test.
+TINY_N_SPECTRA = 90
+TINY_N_POINTS = 256
+TINY_SPLIT_SIZES = {"train": 63, "val": 14, "test": 13}
+METRIC_KEYS = {f"test/{n}_{k}" for n in ("B0", "dB", "p") for k in ("R2", "RMSE", "MAE")}
+TABLE_HEADER = "| parameter | R2 | RMSE | MAE |"
+
+
+def config(name: str) -> str:
+    """Absolute path of a file in configs/, so tests run from any working directory."""
+    path = CONFIG_DIR / name
+    assert path.is_file(), path
+    return str(path)
+
+
+def tiny_overrides(
+    root: Path, *, epochs: int = 1, workers: int = 0, batch_size: int | None = 16
+) -> list[str]:
+    """Command-line flags that shrink any regime to a few seconds on one CPU core.
+
+    They come after any --config, so they win. ``batch_size=None`` keeps the config's.
+    """
+    args = [
+        "--data.sim.n_points", str(TINY_N_POINTS),
+        "--data.n_spectra", str(TINY_N_SPECTRA),
+        "--model.width", "8",
+        "--trainer.max_epochs", str(epochs),
+        "--trainer.default_root_dir", str(root),
+        "--data.cache_dir", str(root / "cache"),
+        "--data.num_workers", str(workers),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+    ]  # fmt: skip
+    if batch_size is not None:
+        args += ["--data.batch_size", str(batch_size)]
+    return args
+
+
+def assert_test_summary(summary: dict[str, float]) -> None:
+    assert set(summary) == METRIC_KEYS, sorted(summary)
+    for key, value in summary.items():
+        assert math.isfinite(value), (key, value)
+        if key.endswith(("_RMSE", "_MAE")):
+            assert value >= 0, (key, value)
+    # RMSE >= MAE for any data (Jensen), per parameter
+    for n in ("B0", "dB", "p"):
+        assert summary[f"test/{n}_RMSE"] >= summary[f"test/{n}_MAE"] * (1 - 1e-6)
+
+
+@dataclass
+class TinyRun:
+    """One finished `fit` of the embedded default config (2 epochs), reused by several tests."""
+
+    cli: object
+    root: Path
+    log_dir: Path
+    ckpt_dir: Path
+    best: Path
+    last: Path
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
+    from dysonian_pl.cli import main
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        cli = main(["fit", *tiny_overrides(root, epochs=2)])
+    log_dir = Path(cli.trainer.log_dir)
+    best = Path(cli.trainer.checkpoint_callback.best_model_path)
+    return TinyRun(
+        cli=cli,
+        root=root,
+        log_dir=log_dir,
+        ckpt_dir=best.parent,
+        best=best,
+        last=best.parent / "last.ckpt",
+        stdout=out.getvalue(),
+        stderr=err.getvalue(),
+    )

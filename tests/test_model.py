@@ -1,0 +1,114 @@
+"""The network (plain nn.Module), its input channels and the target scaling of the module."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from dysonian_pl.model import DysonNet, count_parameters, input_channels
+from dysonian_pl.module import DysonianRegressor, TargetScaler
+from dysonian_pl.params import ConfigError, SimulationConfig
+
+
+def test_prior_network_has_the_prior_works_parameter_count() -> None:
+    net = DysonNet(arch="prior")
+    assert count_parameters(net) == 691_283
+    # and it reads a spectrum of any length
+    net.eval()
+    with torch.no_grad():
+        out = net(torch.randn(2, 512))
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("n_points", [512, 4096])
+def test_fast_network_output_shape(n_points: int) -> None:
+    net = DysonNet(arch="fast", width=8).eval()
+    with torch.no_grad():
+        out = net(torch.randn(3, n_points))
+    assert out.shape == (3, 3) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    six = DysonNet(arch="fast", width=8, n_outputs=6).eval()
+    with torch.no_grad():
+        assert six(torch.randn(2, n_points)).shape == (2, 6)
+
+
+def test_fast_network_is_small_and_scales_with_width() -> None:
+    n8, n32 = count_parameters(DysonNet(width=8)), count_parameters(DysonNet(width=32))
+    assert n8 < n32 < 691_283
+    assert n32 > 4 * n8  # conv weights grow with width squared
+
+
+def test_eval_output_does_not_depend_on_batch_company() -> None:
+    torch.manual_seed(0)
+    net = DysonNet(width=8).eval()
+    x = torch.randn(6, 512)
+    with torch.no_grad():
+        together = net(x)
+        alone = torch.cat([net(x[i : i + 1]) for i in range(6)])
+    torch.testing.assert_close(alone, together, rtol=1e-5, atol=1e-6)
+
+
+def test_input_channels() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(4, 300) * 3.0 + 0.7
+    c = input_channels(x)
+    assert c.shape == (4, 3, 300)
+    torch.testing.assert_close(c[:, 0].mean(dim=-1), torch.zeros(4), atol=1e-6, rtol=0)
+    torch.testing.assert_close(c[:, 0].std(dim=-1), torch.ones(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(c[:, 1].amin(dim=-1), -torch.ones(4), atol=1e-6, rtol=0)
+    torch.testing.assert_close(c[:, 1].amax(dim=-1), torch.ones(4), atol=1e-6, rtol=0)
+    # channel 1 is an affine map of the spectrum: its argmax/argmin are the spectrum's
+    assert torch.equal(c[:, 1].argmax(dim=-1), x.argmax(dim=-1))
+    torch.testing.assert_close(c[:, 2], torch.linspace(-1, 1, 300).expand(4, 300), atol=0, rtol=0)
+    # a flat spectrum gives finite channels, not NaN
+    flat = input_channels(torch.zeros(2, 128))
+    assert torch.isfinite(flat).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"arch": "resnet"}, r"arch:? must be one of 'fast', 'prior' \(got 'resnet'\)"),
+        ({"width": 2}, r"width:? must be >= 4 \(got 2\)"),
+        ({"dropout": 1.0}, r"dropout:? must be in \[0, 1\) \(got 1.0\)"),
+        ({"dropout": -0.1}, r"dropout:? must be in \[0, 1\) \(got -0.1\)"),
+    ],
+)
+def test_invalid_network_arguments(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError) as info:  # ConfigError is a ValueError
+        DysonNet(**kwargs)
+    assert re.match(rf"^(model\.)?{message}$", str(info.value)), str(info.value)
+
+
+def test_target_scaler_round_trip() -> None:
+    ranges = {"B0": (3300.0, 3400.0), "dB": (3.0, 100.0), "p": (0.2, 2.0)}
+    s = TargetScaler(ranges)
+    y = torch.tensor([[3300.0, 3.0, 0.2], [3400.0, 100.0, 2.0], [3350.0, 51.5, 1.1]])
+    z = s.scale(y)
+    torch.testing.assert_close(z, torch.tensor([[0.0, 0, 0], [1, 1, 1], [0.5, 0.5, 0.5]]))
+    torch.testing.assert_close(s.unscale(z), y.double(), atol=1e-4, rtol=0)
+    # a degenerate range does not divide by zero
+    flat = TargetScaler({"B0": (3350.0, 3350.0), "dB": (3.0, 4.0), "p": (1.0, 1.0)})
+    assert torch.isfinite(flat.scale(y)).all()
+
+
+def test_regressor_predicts_physical_units_and_checks_weights() -> None:
+    sim = SimulationConfig(n_points=256)
+    model = DysonianRegressor(sim=sim, width=8).eval()
+    assert model.names == ("B0", "dB", "p")
+    x = torch.randn(5, 256)
+    phys = model.predict_physical(x)
+    assert phys.dtype == torch.float64 and phys.shape == (5, 3)
+    with torch.no_grad():
+        z = model(x)
+    torch.testing.assert_close(phys, z.double() * model.scaler.span + model.scaler.lo)
+    # the loss is the weighted mean of squared scaled errors (weights 1, 1, 2)
+    y = model.scaler.unscale(torch.zeros(5, 3)).float()
+    zz = torch.tensor([[0.5, 0.0, 0.25]]).expand(5, 3)
+    assert model._loss(zz, y).item() == pytest.approx((0.25 + 0 + 2 * 0.0625) / 4)
+    with pytest.raises(ConfigError, match=r"model\.loss_weights: need three finite weights"):
+        DysonianRegressor(sim=sim, loss_weights=(1.0, -1.0, 2.0))
+    wide = SimulationConfig(B0=(3000, 5000), dB=(1000, 3000), window=(0, 10000), n_points=256)
+    assert DysonianRegressor(sim=wide, width=8).names == ("B0", "dB", "alpha")

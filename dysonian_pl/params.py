@@ -9,6 +9,7 @@ labels are all read from it. `PRESETS` holds the prior work's six data sets
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -186,7 +187,8 @@ class SimulationConfig:
         return {name: getattr(self, name) for name in self.target_names}
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain JSON types (lists, not tuples): the cache key, hparams and checkpoints use it."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
     def from_dict(cls, d: dict) -> SimulationConfig:

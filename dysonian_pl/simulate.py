@@ -8,9 +8,9 @@ state is read or written.
 Recipe per spectrum (physics.md): draw B0, dB, p uniformly -> clean line on
 linspace(Bmin, Bmax, n) (the field-calibration warp is applied by evaluating the
 line on the warped axis, which is what resampling a warped analytic line gives)
--> polarity rule -> normalise to peak-to-peak 1 -> modulation smoothing -> baseline
-offset/slope/curvature on t in [-1, 1] -> white noise at the drawn SNR -> spikes ->
-divide by peak-to-peak.
+-> polarity rule -> normalise to peak-to-peak 1 -> modulation smoothing -> white
+noise at the drawn SNR (signal power = the smoothed line's, baseline excluded) ->
+baseline offset/slope/curvature on t in [-1, 1] -> spikes -> divide by peak-to-peak.
 
 White noise comes from a bank of 2**23 standard normals generated once per seed; each
 spectrum reads a contiguous slice of it at a hashed offset with a hashed sign. Every
@@ -145,9 +145,13 @@ def _baseline_basis(n: int) -> torch.Tensor:
     return torch.stack([torch.ones_like(t), t, t * t])
 
 
-def _smooth(s: torch.Tensor, sigma: np.ndarray) -> torch.Tensor:
-    """Gaussian smoothing with one sigma (points) per row, replicate-padded edges."""
-    half = int(math.ceil(4 * float(sigma.max())))
+def _smooth(s: torch.Tensor, sigma: np.ndarray, sigma_max: float) -> torch.Tensor:
+    """Gaussian smoothing with one sigma (points) per row, replicate-padded edges.
+
+    The kernel half-width comes from the configured largest sigma, not from the rows
+    at hand, so a spectrum never depends on the others simulated with it.
+    """
+    half = int(math.ceil(4 * sigma_max))
     t = torch.arange(-half, half + 1, dtype=torch.float32)
     sig = torch.from_numpy(sigma.astype(np.float32))[:, None]
     k = torch.exp(-0.5 * (t / sig) ** 2)
@@ -187,7 +191,7 @@ def _simulate_chunk(
         rows = np.flatnonzero(uniform(seed, index, _S_SMOOTH) < aug.smooth_prob)
         if rows.size:
             sigma = _draw(seed, index[rows], _S_SIGMA, *aug.smooth_sigma_points)
-            s[rows] = _smooth(s[rows], sigma)
+            s[rows] = _smooth(s[rows], sigma, aug.smooth_sigma_points[1])
 
     if aug.noise:
         # sigma = rms(line) * 10^(-snr/20), with a hashed sign per spectrum

@@ -131,12 +131,6 @@ def test_changed_config_gets_its_own_folders(tmp_path: Path) -> None:
     assert not any(".tmp-" in n for n in folders(tmp_path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="data._read_split compares meta.json (lists after the JSON round trip) with "
-    "_meta() (tuples from dataclasses.asdict), so the cache never matches and every "
-    "prepare_data/setup regenerates",
-)
 def test_same_config_reuses_the_cache(tmp_path: Path, monkeypatch) -> None:
     make(tmp_path).prepare_data()
     mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.npy")}
@@ -180,7 +174,7 @@ def test_damaged_cache_is_regenerated_not_read(tmp_path: Path, monkeypatch, dama
     ref_x, ref_y = simulate(SIM, 3, dm.indices["val"])
     np.testing.assert_array_equal(x, ref_x.numpy())
     np.testing.assert_array_equal(y, ref_y.numpy())
-    assert len(dm.indices["val"]) in spy.calls  # regenerated (the others may be too: see xfail)
+    assert len(dm.indices["val"]) in spy.calls  # regenerated
     assert (folder / "x.npy").stat().st_size == size  # rewritten whole
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["seed"] == 3

@@ -60,12 +60,6 @@ def test_same_index_same_spectrum_whatever_the_company() -> None:
     np.testing.assert_allclose(x1[0], x[5], rtol=0, atol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="simulate._smooth sizes the Gaussian kernel from the largest sigma in the chunk "
-    "(half = ceil(4*max sigma)), so a smoothed spectrum depends on its chunk-mates "
-    "(up to 8e-6 here)",
-)
 def test_smoothed_spectrum_does_not_depend_on_chunk() -> None:
     c = cfg(Augmentations(**OFF, smooth_prob=1.0, smooth_sigma_points=(0.6, 2.5)), dB=(3.0, 5.0))
     c = c.replace(n_points=256)

@@ -6,7 +6,9 @@ read first, then ``--config`` files left to right, then command-line flags.
 
 from __future__ import annotations
 
+import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -42,6 +44,24 @@ def resolve_precision(
     return precision, None
 
 
+def resolve_sync_batchnorm(
+    sync_batchnorm, accelerator: str, cuda_available: bool
+) -> tuple[bool, str | None]:
+    """Whether to convert BatchNorm to SyncBatchNorm and, when a request is dropped, why.
+
+    torch's SyncBatchNorm works only on CUDA modules; DDP on CPU processes (gloo) would
+    stop at start-up with "SyncBatchNorm layers only work with GPU modules", so there
+    every process keeps its own batch statistics.
+    """
+    on_cuda = cuda_available and str(accelerator) in ("auto", "gpu", "cuda")
+    if sync_batchnorm and not on_cuda:
+        return False, (
+            "dysonian_pl: sync_batchnorm needs CUDA devices (torch's SyncBatchNorm is "
+            "GPU-only); running with per-process BatchNorm statistics"
+        )
+    return bool(sync_batchnorm), None
+
+
 def find_last_checkpoint(root: str | Path) -> tuple[Path, int] | None:
     """The newest run's ``last.ckpt`` under ``root/lightning_logs/version_N/checkpoints``."""
     found = []
@@ -56,6 +76,31 @@ def find_last_checkpoint(root: str | Path) -> tuple[Path, int] | None:
     return ckpt, version
 
 
+#: `--ckpt_path` values that Lightning resolves itself rather than naming a file.
+_LIGHTNING_CKPT_WORDS = ("last", "best", "hpc", "registry")
+
+
+def check_checkpoint_path(ckpt_path) -> None:
+    """A named `--ckpt_path` file must be a dysonian_pl checkpoint this code can read.
+
+    Checked before anything is built, with safe loading (``weights_only=True``), so a
+    missing, empty, foreign, corrupt or too new file ends in one clear line
+    (`infer.CheckpointError`) instead of a traceback from deep inside Lightning.
+    Whether its field axis and geometry fit the run's data is checked when the model
+    loads it (`DysonianRegressor.on_load_checkpoint`).
+    """
+    if not ckpt_path or str(ckpt_path) in _LIGHTNING_CKPT_WORDS:
+        return
+    from .infer import CheckpointError, read_checkpoint
+
+    if not Path(ckpt_path).is_file():
+        raise CheckpointError(
+            f"--ckpt_path {ckpt_path}: file not found (expected a .ckpt written by "
+            "dysonian_pl training, or 'last' to resume the newest run)"
+        )
+    read_checkpoint(ckpt_path)
+
+
 class DysonianCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -63,6 +108,14 @@ class DysonianCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(PerformanceMonitor, "perf")
         parser.link_arguments("data.sim", "model.sim", apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the named checkpoint's hyperparameters while parsing; a bad
+        # file must end in one line here, before torch.load raises from inside Lightning
+        sub = self.config.get("subcommand")
+        if sub:
+            check_checkpoint_path(self.config[sub].get("ckpt_path"))
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -73,6 +126,12 @@ class DysonianCLI(LightningCLI):
         if note:
             print(note, file=sys.stderr)
             trainer.precision = precision
+        sync_bn, note = resolve_sync_batchnorm(
+            trainer.get("sync_batchnorm", False), trainer.accelerator, torch.cuda.is_available()
+        )
+        if note:
+            print(note, file=sys.stderr)
+            trainer.sync_batchnorm = sync_bn
         if self.subcommand == "fit" and cfg.get("ckpt_path") == "last":
             self._resume_last(cfg)
 
@@ -94,6 +153,7 @@ class DysonianCLI(LightningCLI):
             cfg.ckpt_path = None
             return
         ckpt, version = found
+        check_checkpoint_path(ckpt)
         cfg.ckpt_path = str(ckpt)
         if cfg.trainer.logger in (None, True):
             cfg.trainer.logger = Namespace(
@@ -133,15 +193,23 @@ class DysonianCLI(LightningCLI):
 
 
 def _trainer_main(args: list[str] | None) -> DysonianCLI:
-    per_command = {"default_config_files": [str(DEFAULT_CONFIG)]}
-    return DysonianCLI(
-        DysonianRegressor,
-        SpectraDataModule,
-        args=args,
-        parser_kwargs={c: per_command for c in TRAINER_SUBCOMMANDS},
-        trainer_defaults={"use_distributed_sampler": False},
-        save_config_kwargs={"overwrite": True},
-    )
+    # parse errors raise (argparse.ArgumentError) instead of printing the whole usage;
+    # `main` reports them in one line
+    per_command = {"default_config_files": [str(DEFAULT_CONFIG)], "exit_on_error": False}
+    with warnings.catch_warnings():
+        # `main` passes sys.argv[1:] itself (less --verbose); not the mix Lightning warns of
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return DysonianCLI(
+            DysonianRegressor,
+            SpectraDataModule,
+            args=args,
+            parser_kwargs={
+                "exit_on_error": False,
+                **{c: per_command for c in TRAINER_SUBCOMMANDS},
+            },
+            trainer_defaults={"use_distributed_sampler": False},
+            save_config_kwargs={"overwrite": True},
+        )
 
 
 #: Tools beside the trainer subcommands: name -> (module, one-line help). Each module has
@@ -162,10 +230,18 @@ TOOLS = {
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input (a file, an option), reported in one line."""
+    # Lightning's own check of a Trainer option (e.g. max_epochs -5) names option and value
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from .params import ConfigError
     from .readers import SpectrumFileError
 
-    errors: list[type[BaseException]] = [ConfigError, SpectrumFileError, FileNotFoundError]
+    errors: list[type[BaseException]] = [
+        ConfigError,
+        SpectrumFileError,
+        FileNotFoundError,
+        MisconfigurationException,
+    ]
     try:
         from .infer import CheckpointError
 
@@ -199,6 +275,13 @@ def main(args: list[str] | None = None):
         if verbose:
             raise
         print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except argparse.ArgumentError as err:  # an option the parser rejects (jsonargparse)
+        if verbose:
+            raise
+        sub = argv[0] if argv and argv[0] in TRAINER_SUBCOMMANDS else ""
+        hint = f"python -m dysonian_pl {sub} --help".replace("  ", " ")
+        print(f"error: {_one_line(err)} (options: {hint})", file=sys.stderr)
         return 2
 
 

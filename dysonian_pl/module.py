@@ -46,7 +46,8 @@ def _stage_metrics(names: tuple[str, ...], prefix: str) -> MetricCollection:
         metrics[f"{name}_R2"] = R2Score()
         metrics[f"{name}_RMSE"] = MeanSquaredError(squared=False)
         metrics[f"{name}_MAE"] = MeanAbsoluteError()
-    return MetricCollection(metrics, prefix=prefix)
+    # float64 states (see DysonianRegressor._eval_step); module .float()/.half() leave them
+    return MetricCollection(metrics, prefix=prefix).set_dtype(torch.float64)
 
 
 class DysonianRegressor(L.LightningModule):
@@ -142,8 +143,11 @@ class DysonianRegressor(L.LightningModule):
         x, y = batch
         z = self(x)
         loss = self._loss(z, y)
-        pred = self.scaler.unscale(z).float()
-        y = y.float()
+        # metrics in float64: R2 of B0 ~ 3350 G with a spread of tens of G loses about
+        # three digits to cancellation in float32 states, and the loss depends on how the
+        # samples were summed (per rank, per batch), so DDP and one process would disagree
+        pred = self.scaler.unscale(z)
+        y = y.double()
         for i, name in enumerate(self.names):
             for kind in ("R2", "RMSE", "MAE"):
                 metrics[f"{name}_{kind}"].update(pred[:, i], y[:, i])
@@ -232,12 +236,36 @@ class DysonianRegressor(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get("dysonian_pl")
         if meta is None:
-            raise ValueError("not a dysonian_pl checkpoint (no 'dysonian_pl' section)")
+            raise ConfigError("checkpoint: not a dysonian_pl checkpoint (no 'dysonian_pl' section)")
         if meta.get("format", 0) > CHECKPOINT_FORMAT:
-            raise ValueError(
-                f"checkpoint format {meta.get('format')} is newer than this dysonian_pl "
+            raise ConfigError(
+                f"checkpoint: format {meta.get('format')} is newer than this dysonian_pl "
                 f"({__version__}, reads format <= {CHECKPOINT_FORMAT}); upgrade dysonian_pl"
             )
+        self._check_checkpoint_sim(meta.get("sim"))
+
+    def _check_checkpoint_sim(self, stored: dict | None) -> None:
+        """The checkpoint's field axis, geometry and target ranges must be this run's.
+
+        The network reads spectra only on the axis it was trained on and unscales its
+        outputs with the training ranges, so a different window, point count, geometry
+        or range would give wrong numbers without any error.
+        """
+        if not isinstance(stored, dict):
+            return
+        mine = self.sim.to_dict()
+        keys = ["window", "n_points", "geometry", *self.names]
+        for key in dict.fromkeys(keys):
+            theirs, ours = stored.get(key), mine.get(key)
+            if isinstance(theirs, (list, tuple)):
+                theirs = [float(v) for v in theirs]
+                ours = [float(v) for v in ours] if isinstance(ours, (list, tuple)) else ours
+            if theirs is not None and theirs != ours:
+                raise ConfigError(
+                    f"data.sim.{key}: the checkpoint was trained with {theirs} but this run's "
+                    f"data config has {ours}; use the checkpoint's value (a model reads only "
+                    "the field axis, geometry and ranges it was trained for)"
+                )
 
     # ---- TensorBoard -------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, R2Score
+from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection, R2Score
 
 from . import __version__
 from .model import DysonNet
@@ -40,12 +40,19 @@ class TargetScaler(nn.Module):
         return z.double() * self.span + self.lo
 
 
-def _stage_metrics(names: tuple[str, ...], prefix: str) -> MetricCollection:
+#: Fraction of a normal distribution within +-1 sigma; the calibration target.
+ONE_SIGMA = 0.6826894921370859
+
+
+def _stage_metrics(names: tuple[str, ...], prefix: str, uncertainty: bool) -> MetricCollection:
     metrics: dict[str, Any] = {}
     for name in names:
         metrics[f"{name}_R2"] = R2Score()
         metrics[f"{name}_RMSE"] = MeanSquaredError(squared=False)
         metrics[f"{name}_MAE"] = MeanAbsoluteError()
+        if uncertainty:  # fraction of true values inside the predicted +-1 and +-2 sigma
+            metrics[f"{name}_cover1"] = MeanMetric()
+            metrics[f"{name}_cover2"] = MeanMetric()
     # float64 states (see DysonianRegressor._eval_step); module .float()/.half() leave them
     return MetricCollection(metrics, prefix=prefix).set_dtype(torch.float64)
 
@@ -64,6 +71,9 @@ class DysonianRegressor(L.LightningModule):
             processes W (devices x nodes), since `data.batch_size` is per device and the
             global batch is W times larger: ``"linear"`` (lr x W, the default),
             ``"sqrt"`` (lr x sqrt W) or ``"none"``.
+        uncertainty: also predict a standard deviation per parameter (Gaussian
+            beta-NLL loss, beta = 0.5), calibrated after every validation epoch so that
+            68.3 % of validation errors fall inside +-1 sigma.
     """
 
     def __init__(
@@ -74,6 +84,7 @@ class DysonianRegressor(L.LightningModule):
         dropout: float = 0.1,
         loss_weights: tuple[float, float, float] = (1.0, 1.0, 2.0),
         lr_scaling: str = "linear",
+        uncertainty: bool = False,
     ) -> None:
         super().__init__()
         if sim is None:
@@ -100,15 +111,22 @@ class DysonianRegressor(L.LightningModule):
                 "dropout": dropout,
                 "loss_weights": list(loss_weights),
                 "lr_scaling": lr_scaling,
+                "uncertainty": uncertainty,
             }
         )
-        self.net = DysonNet(arch=arch, width=width, dropout=dropout, n_outputs=3)
+        self.uncertainty = uncertainty
+        self.net = DysonNet(
+            arch=arch, width=width, dropout=dropout, n_outputs=6 if uncertainty else 3
+        )
+        # sigma calibration factors (persistent: they travel in the checkpoint)
+        self.register_buffer("sigma_scale", torch.ones(3, dtype=torch.float64))
         self.scaler = TargetScaler(sim.ranges())
         self.register_buffer(
             "loss_w", torch.tensor(loss_weights, dtype=torch.float32), persistent=False
         )
-        self.val_metrics = _stage_metrics(self.names, "val/")
-        self.test_metrics = _stage_metrics(self.names, "test/")
+        self.val_metrics = _stage_metrics(self.names, "val/", uncertainty)
+        self.test_metrics = _stage_metrics(self.names, "test/", uncertainty)
+        self._val_z: list[torch.Tensor] = []
         self._val_store: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.test_summary: dict[str, float] = {}
 
@@ -116,24 +134,56 @@ class DysonianRegressor(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised spectra (N, n_points) -> scaled targets (N, 3)."""
-        return self.net(x)
+        return self.net(x)[:, :3]
+
+    def _split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Network output -> (scaled means, log sigma in scaled units or None)."""
+        if not self.uncertainty:
+            return out, None
+        return out[:, :3], out[:, 3:].clamp(-12.0, 3.0)
 
     @torch.no_grad()
     def predict_physical(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised spectra -> (B0, dB, p) in physical units, float64."""
         return self.scaler.unscale(self(x.to(self.device, torch.float32)))
 
+    @torch.no_grad()
+    def predict_with_sigma(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised spectra -> (values, calibrated standard deviations), physical units.
+
+        The standard deviations are NaN for a model trained without ``uncertainty``.
+        """
+        mean, log_sigma = self._split(self.net(x.to(self.device, torch.float32)))
+        value = self.scaler.unscale(mean)
+        if log_sigma is None:
+            return value, torch.full_like(value, float("nan"))
+        return value, self._sigma_physical(log_sigma)
+
+    def _sigma_physical(self, log_sigma: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
+        sigma = log_sigma.double().exp() * self.scaler.span
+        return sigma * self.sigma_scale if calibrated else sigma
+
     # ---- steps -------------------------------------------------------------------------
 
-    def _loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        err = (z.float() - self.scaler.scale(y)) ** 2
+    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Weighted MSE on scaled targets, or the beta-NLL (beta 0.5) with uncertainty.
+
+        beta-NLL (Seitzer et al., ICLR 2022) weights each term of the Gaussian NLL by
+        sigma (detached), so hard samples do not starve the mean of gradient.
+        """
+        mean, log_sigma = self._split(out.float())
+        err = (mean - self.scaler.scale(y)) ** 2
+        if log_sigma is not None:
+            inv_var = torch.exp(-2.0 * log_sigma)
+            nll = 0.5 * err * inv_var + log_sigma
+            err = nll * log_sigma.detach().exp()
         return (err.mean(dim=0) * self.loss_w).sum() / self.loss_w.sum()
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
         x, y = batch
-        loss = self._loss(self(x), y)
+        loss = self._loss(self.net(x), y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
         return loss
 
@@ -141,8 +191,9 @@ class DysonianRegressor(L.LightningModule):
         self, batch, metrics: MetricCollection, stage: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
-        z = self(x)
-        loss = self._loss(z, y)
+        out = self.net(x)
+        loss = self._loss(out, y)
+        z, log_sigma = self._split(out)
         # metrics in float64: R2 of B0 ~ 3350 G with a spread of tens of G loses about
         # three digits to cancellation in float32 states, and the loss depends on how the
         # samples were summed (per rank, per batch), so DDP and one process would disagree
@@ -151,6 +202,15 @@ class DysonianRegressor(L.LightningModule):
         for i, name in enumerate(self.names):
             for kind in ("R2", "RMSE", "MAE"):
                 metrics[f"{name}_{kind}"].update(pred[:, i], y[:, i])
+        if log_sigma is not None:
+            raw = self._sigma_physical(log_sigma, calibrated=False)
+            if stage == "val":
+                self._val_z.append(((pred - y).abs() / raw).detach())
+            sigma = raw * self.sigma_scale
+            for i, name in enumerate(self.names):
+                inside = (pred[:, i] - y[:, i]).abs()
+                metrics[f"{name}_cover1"].update((inside <= sigma[:, i]).double())
+                metrics[f"{name}_cover2"].update((inside <= 2 * sigma[:, i]).double())
         self.log(
             f"{stage}/loss",
             loss,
@@ -168,6 +228,7 @@ class DysonianRegressor(L.LightningModule):
             self._val_store.append((pred.cpu(), y.cpu()))
 
     def on_validation_epoch_end(self) -> None:
+        self._calibrate_sigma()
         self.log_dict(self.val_metrics.compute(), sync_dist=False)
         self.val_metrics.reset()
         if self._val_store and self.trainer.is_global_zero and not self.trainer.sanity_checking:
@@ -175,6 +236,26 @@ class DysonianRegressor(L.LightningModule):
             true = torch.cat([t for _, t in self._val_store]).numpy()
             self._log_parity(pred, true)
         self._val_store.clear()
+
+    def _calibrate_sigma(self) -> None:
+        """Scale each parameter's sigma so 68.3 % of validation |errors| fall inside it.
+
+        Uses the |error| / sigma ratios of the whole validation split (gathered over
+        ranks); the coverage logged for this epoch used the previous factors, and the
+        test split, never seen here, measures the calibration honestly.
+        """
+        if not self._val_z:
+            return
+        z = torch.cat(self._val_z)
+        self._val_z.clear()
+        if self.trainer.world_size > 1:
+            z = self.all_gather(z).reshape(-1, z.shape[-1])
+        if self.trainer.sanity_checking or len(z) < 20:
+            return
+        q = torch.quantile(z, ONE_SIGMA, dim=0)
+        self.sigma_scale.copy_(torch.where(torch.isfinite(q) & (q > 0), q, torch.ones_like(q)))
+        for i, name in enumerate(self.names):
+            self.log(f"val/{name}_sigma_scale", float(self.sigma_scale[i]), rank_zero_only=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, "test")
@@ -188,8 +269,10 @@ class DysonianRegressor(L.LightningModule):
             print(format_metrics_table(values, self.names))
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """(N, 3) values, or (N, 6) values and standard deviations with uncertainty."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.scaler.unscale(self(x))
+        value, sigma = self.predict_with_sigma(x)
+        return torch.cat([value, sigma], dim=1) if self.uncertainty else value
 
     # ---- optimisation: optimizer and scheduler come from YAML through LightningCLI ----
 
@@ -300,10 +383,19 @@ def parity_figure(pred: np.ndarray, true: np.ndarray, names: tuple[str, ...]):
 def format_metrics_table(
     values: dict[str, float], names: tuple[str, ...], stage: str = "test"
 ) -> str:
-    rows = ["| parameter | R2 | RMSE | MAE |", "| --- | --- | --- | --- |"]
+    cover = f"{stage}/{names[0]}_cover1" in values
+    head = "| parameter | R2 | RMSE | MAE |" + (
+        " within 1 sigma | within 2 sigma |" if cover else ""
+    )
+    rows = [head, "| --- " * (6 if cover else 4) + "|"]
     for name in names:
         r2 = values.get(f"{stage}/{name}_R2", float("nan"))
         rmse = values.get(f"{stage}/{name}_RMSE", float("nan"))
         mae = values.get(f"{stage}/{name}_MAE", float("nan"))
-        rows.append(f"| {unit_label(name)} | {r2:.5f} | {rmse:.4g} | {mae:.4g} |")
+        row = f"| {unit_label(name)} | {r2:.5f} | {rmse:.4g} | {mae:.4g} |"
+        if cover:
+            c1 = values.get(f"{stage}/{name}_cover1", float("nan"))
+            c2 = values.get(f"{stage}/{name}_cover2", float("nan"))
+            row += f" {c1:.3f} | {c2:.3f} |"
+        rows.append(row)
     return "\n".join(rows)

@@ -135,6 +135,10 @@ class SimulationConfig:
     geometry: str = "plate"
     augment: Augmentations = field(default_factory=Augmentations)
     alpha: tuple[float, float] = (0.0, 1.0)  # used only by wide lines (dB >= 1000 G)
+    log_dB: bool = False  # draw dB log-uniformly (ranges spanning a decade or more)
+    # the window is nominal: the model reads a spectrum recorded over any sweep by
+    # mapping that sweep onto this window (targets relative to the sweep); see infer
+    relative_window: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "B0", _range("B0", self.B0, lower=0.0))
@@ -220,6 +224,18 @@ PRESETS: dict[str, SimulationConfig] = {
         B0=(3400, 4500), dB=(250, 350), p=(1.3, 1.5), window=(0.0, 5000.0)
     ),
 }
+# One model for any sweep (targets relative to the window, which is nominal: 0-1000
+# "G" = the recorded sweep). Ranges cover all six prior-work sets: B0 at 10-90 % of
+# the sweep, dB 1-50 % of it (log-uniform), p past the identifiability fold so the
+# uncertainty head learns where p cannot be read from the shape.
+PRESETS["universal-plate"] = SimulationConfig(
+    B0=(100, 900), dB=(10, 500), p=(0.05, 4.0), window=(0.0, 1000.0),
+    log_dB=True, relative_window=True,
+)  # fmt: skip
+PRESETS["universal-sphere"] = SimulationConfig(
+    B0=(100, 900), dB=(10, 500), p=(0.2, 6.0), window=(0.0, 1000.0), geometry="sphere",
+    log_dB=True, relative_window=True,
+)  # fmt: skip
 PRESETS["default"] = PRESETS["set-4"]
 
 

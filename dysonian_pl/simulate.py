@@ -81,10 +81,14 @@ def draw_targets(cfg: SimulationConfig, seed: int, index: np.ndarray) -> np.ndar
     """The (B0, dB, p) (or alpha for wide lines) of each spectrum, float64 (N, 3)."""
     names = cfg.target_names
     streams = (_S_B0, _S_DB, _S_P)
-    return np.stack(
+    y = np.stack(
         [_draw(seed, index, s, *getattr(cfg, n)) for n, s in zip(names, streams, strict=True)],
         axis=1,
     )
+    if cfg.log_dB:
+        lo, hi = np.log(cfg.dB[0]), np.log(cfg.dB[1])
+        y[:, 1] = np.exp(_draw(seed, index, _S_DB, lo, hi))
+    return y
 
 
 def line_shape(x: torch.Tensor, A: torch.Tensor, D: torch.Tensor) -> torch.Tensor:

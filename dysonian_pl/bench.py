@@ -311,6 +311,16 @@ def _last_error_line(text: str) -> str:
     return msg if len(msg) <= 300 else msg[:297] + "..."
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The CLI's own 'bad input' exceptions (e.g. Lightning's MisconfigurationException)."""
+    from . import cli
+
+    try:
+        return tuple(cli.user_errors())
+    except Exception:  # noqa: BLE001 - an older cli without the list
+        return ()
+
+
 def _optimizer_from(out: Any) -> torch.optim.Optimizer:
     """The (first) optimizer from whatever `configure_optimizers` returned."""
     if isinstance(out, torch.optim.Optimizer):
@@ -354,7 +364,7 @@ def build_regime(name: str, files: list[Path], overrides: list[str]) -> Regime:
         ok = True
     except SystemExit:
         raise BenchError(f"regime {name!r}: {_last_error_line(buf.getvalue())}") from None
-    except (ConfigError, ValueError, TypeError) as e:
+    except (ConfigError, ValueError, TypeError, argparse.ArgumentError, *_user_errors()) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BenchError(f"regime {name!r}: {msg}") from None
     finally:

@@ -71,6 +71,8 @@ def test_targets_and_sets_parse():
         ["--minutes", "0"],
         ["a=configs/baseline.yaml", "a=configs/baseline.yaml"],
         ["--no-such-flag"],
+        ["--set", "model.width=abc"],  # rejected by the CLI parser
+        ["--set", "trainer.max_epochs=-5"],  # rejected by Lightning
     ],
 )
 def test_user_errors_are_one_line_and_status_2(args, capsys, tmp_path):

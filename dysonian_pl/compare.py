@@ -220,6 +220,7 @@ def _check_preset_matches(name: str, cfg: SimulationConfig, ckpt_sim: Simulation
 def _real_files_table(
     files: Sequence[str], sim: SimulationConfig, predictor: Predictor | None
 ) -> tuple[str, list[dict]]:
+    from .infer import to_physical
     from .preprocess import prepare_real
     from .readers import SpectrumFileError, read_spectrum
     from .simulate import field_axis
@@ -239,8 +240,14 @@ def _real_files_table(
             r = fit_spectrum(B, yv, geometry=sim.geometry, start="data")
             entries.append(("lsq-data", r.params, r.success, 1e3 * r.seconds))
             if predictor is not None:
-                prep = prepare_real(B, yv, axis, name=name)
+                file_axis, sweep = axis, None
+                if sim.relative_window and B.size >= 2 and B[-1] > B[0]:
+                    # a window-agnostic model reads the file's own sweep (see infer)
+                    sweep = (float(B[0]), float(B[-1]))
+                    file_axis = np.linspace(sweep[0], sweep[1], sim.n_points)
+                prep = prepare_real(B, yv, file_axis, name=name)
                 pred, per = _run_predictor(predictor, prep.spectrum[None])
+                pred = to_physical(sim, pred, None, sweep)[0]
                 cnn = dict(zip(NAMES, (float(v) for v in pred[0]), strict=True))
                 entries.insert(0, ("cnn", cnn, None, per))
                 h = fit_spectrum(B, yv, geometry=sim.geometry, start=tuple(pred[0]))

@@ -9,6 +9,13 @@ linear least-squares fit of amplitude and a straight baseline. It writes
 ``predictions.csv`` and ``predictions.json`` (atomically) and one overlay PNG per
 spectrum, and prints a Markdown table.
 
+A window-agnostic model (``sim.relative_window``) reads every file on the file's own
+sweep: the sweep is resampled onto ``n_points`` and mapped onto the model's nominal
+window, and its predictions are mapped back (`to_physical`). A model trained with
+``uncertainty`` adds calibrated standard deviations (``B0_sigma``, ...). Without
+``--ckpt`` the pretrained model shipped in ``dysonian_pl/pretrained/`` is used
+(`default_checkpoint`).
+
 Checkpoints are read with ``torch.load(weights_only=True)`` (no unpickling of
 arbitrary objects); the model is rebuilt from the checkpoint's plain
 ``hyper_parameters`` and ``state_dict``. A checkpoint holding other objects is
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import importlib.resources
 import io
 import json
 import math
@@ -39,7 +47,7 @@ from . import __version__
 from .atomic import atomic_open
 from .lineshapes import dysonian, joshi
 from .module import CHECKPOINT_FORMAT, DysonianRegressor
-from .params import PARAMETERS
+from .params import GEOMETRIES, PARAMETERS
 from .preprocess import normalise, prepare_real
 from .readers import SpectrumFileError, read_spectrum
 from .simulate import field_axis
@@ -47,6 +55,7 @@ from .simulate import field_axis
 __all__ = [
     "CheckpointError",
     "default_checkpoint",
+    "to_physical",
     "load_model",
     "predict_arrays",
     "infer_files",
@@ -60,6 +69,10 @@ BATCH = 1024
 SMALL_BATCH = 64
 #: A prediction this close to an end of its training range (fraction of the span) is flagged.
 EDGE_FRACTION = 0.02
+#: p's standard deviation above this fraction of its training span is flagged.
+P_SIGMA_FRACTION = 0.15
+#: p beyond which the line shape folds back: different p give nearly the same line.
+P_FOLD = {"plate": 2.6, "sphere": 4.5}
 
 # pickle header of torch's legacy (non-zip) serialisation: protocol 2 + its magic number
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
@@ -85,6 +98,10 @@ UNITS = {
     "coverage": "fraction of the model's window covered by the measured sweep",
     "sweep_lo": "G",
     "sweep_hi": "G",
+    "B0_sigma": "G, calibrated standard deviation of B0 (68 % of errors inside +-1 sigma)",
+    "dB_sigma": "G, calibrated standard deviation of dB",
+    "p_sigma": "calibrated standard deviation of p",
+    "alpha_sigma": "calibrated standard deviation of alpha",
 }
 
 
@@ -92,9 +109,53 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable, not ours or too new; one-line message."""
 
 
-def default_checkpoint() -> str | None:
-    """The shipped pretrained model, once there is one; None for now."""
-    return None
+def _pretrained_dir():
+    """The folder of the shipped models (a Traversable; a Path for ordinary installs)."""
+    return importlib.resources.files("dysonian_pl") / "pretrained"
+
+
+def pretrained_name(geometry: str = "plate") -> str:
+    if geometry not in GEOMETRIES:
+        allowed = ", ".join(GEOMETRIES)
+        raise ValueError(f"geometry: must be one of {allowed} (got {geometry!r})")
+    return f"universal-{geometry}.ckpt"
+
+
+def default_checkpoint(geometry: str = "plate") -> str | None:
+    """Path of the shipped window-agnostic model for `geometry`, or None if not installed."""
+    path = _pretrained_dir() / pretrained_name(geometry)
+    return os.fspath(path) if path.is_file() else None
+
+
+def to_physical(
+    model: DysonianRegressor | Any,
+    values: np.ndarray,
+    sigmas: np.ndarray | None,
+    sweep: tuple[float, float] | None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predictions of a window-agnostic model, nominal window -> the file's sweep (G).
+
+    `model`: a model or its `SimulationConfig`. With ``sim.relative_window`` the
+    nominal window [w0, w1] stands for the measured sweep [lo, hi]:
+    ``B0 = lo + (B0n - w0) k``, ``dB = dBn k`` with ``k = (hi - lo) / (w1 - w0)``; the
+    third parameter (p) is unchanged; sigmas of B0 and dB scale by ``k``. For a
+    fixed-window model (or ``sweep`` None) the arrays come back unchanged (copies).
+    `values` and `sigmas` are (..., 3).
+    """
+    sim = getattr(model, "sim", model)
+    values = np.array(values, dtype=np.float64)
+    sigmas = None if sigmas is None else np.array(sigmas, dtype=np.float64)
+    if not getattr(sim, "relative_window", False) or sweep is None:
+        return values, sigmas
+    w0, w1 = (float(v) for v in sim.window)
+    lo, hi = (float(v) for v in sweep)
+    k = (hi - lo) / (w1 - w0)
+    values[..., 0] = lo + (values[..., 0] - w0) * k
+    values[..., 1] = values[..., 1] * k
+    if sigmas is not None:
+        sigmas[..., 0] *= k
+        sigmas[..., 1] *= k
+    return values, sigmas
 
 
 # --------------------------------------------------------------------------- #
@@ -211,8 +272,14 @@ def predict_arrays(
     *,
     batch: int = BATCH,
     threads: int | None = None,
-) -> np.ndarray:
+    return_sigma: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Normalised spectra (N, n_points) -> (N, 3) predictions in physical units (float64).
+
+    With ``return_sigma`` a pair (values, sigmas), both (N, 3) float64: the calibrated
+    standard deviations of a model trained with ``uncertainty``, NaN otherwise. The
+    units are those of the model's window (nominal for a window-agnostic model: see
+    `to_physical`).
 
     The spectra must already be prepared (`preprocess.normalise` or `prepare_real`);
     no Lightning trainer is involved. `threads`: torch intra-op threads for this call
@@ -230,6 +297,8 @@ def predict_arrays(
             f"spectra: expected shape (N, {n_points}) for this model (got {tuple(x.shape)})"
         )
     out = np.empty((x.shape[0], 3), dtype=np.float64)
+    sig = np.full((x.shape[0], 3), np.nan, dtype=np.float64)
+    with_sigma = return_sigma and bool(getattr(model, "uncertainty", False))
     if threads is None and x.shape[0] < SMALL_BATCH:
         threads = 1
     previous_threads = torch.get_num_threads()
@@ -241,12 +310,17 @@ def predict_arrays(
         with torch.inference_mode():
             for a in range(0, x.shape[0], batch):
                 chunk = torch.from_numpy(np.ascontiguousarray(x[a : a + batch]))
-                out[a : a + batch] = model.predict_physical(chunk).cpu().numpy()
+                if with_sigma:
+                    value, sigma = model.predict_with_sigma(chunk)
+                    out[a : a + batch] = value.cpu().numpy()
+                    sig[a : a + batch] = sigma.cpu().numpy()
+                else:
+                    out[a : a + batch] = model.predict_physical(chunk).cpu().numpy()
     finally:
         model.train(was_training)
         if torch.get_num_threads() != previous_threads:
             torch.set_num_threads(previous_threads)
-    return out
+    return (out, sig) if return_sigma else out
 
 
 def model_line(model: DysonianRegressor, axis: np.ndarray, params: np.ndarray) -> np.ndarray:
@@ -293,9 +367,89 @@ def _reconstruct(
     return _Fit(float(coef[0]), float(coef[1]), float(coef[2]), rms, recon_norm)
 
 
-def _fmt_value(name: str, v: float) -> str:
+def format_pm(value: float, sigma: float | None = None) -> str:
+    """``3399.52 ± 0.03``: the value to the sigma's first significant digit (two if it is 1).
+
+    Without a finite positive sigma: the value to 4 significant digits.
+    """
+    value = float(value)
+    if sigma is None or not (math.isfinite(sigma) and sigma > 0) or not math.isfinite(value):
+        return f"{value:.4g}"
+    exp = math.floor(math.log10(sigma))
+    digits = -exp + (1 if f"{sigma:e}"[0] == "1" else 0)
+    digits = min(max(digits, 0), 8)
+    return f"{value:.{digits}f} ± {sigma:.{digits}f}"
+
+
+def _fmt_value(name: str, v: float, sigma: float | None = None) -> str:
     unit = PARAMETERS[name].unit if name in PARAMETERS else ""
-    return f"{name} = {v:.4g}" + (f" {unit}" if unit else "")
+    return f"{name} = {format_pm(v, sigma)}" + (f" {unit}" if unit else "")
+
+
+def _range_position(value: float, lo: float, hi: float, log: bool = False) -> str:
+    """ "inside", "edge" (within EDGE_FRACTION of the span of an end) or "outside"."""
+    if log and lo > 0 and hi > lo and value > 0:
+        value, lo, hi = math.log(value), math.log(lo), math.log(hi)
+    margin = EDGE_FRACTION * (hi - lo)
+    if value < lo - margin or value > hi + margin:
+        return "outside"
+    if value <= lo + margin or value >= hi - margin:
+        return "edge"
+    return "inside"
+
+
+def _pct(f: float) -> str:
+    return f"{100 * f:.3g}"
+
+
+def _relative_range_warnings(
+    model: DysonianRegressor, params: np.ndarray, lo: float, hi: float
+) -> list[str]:
+    """Training-range warnings of a window-agnostic model, in fractions of the sweep.
+
+    Comparing fractions of the sweep with the nominal ranges as fractions of the
+    nominal window is the same as comparing nominal values with nominal ranges.
+    """
+    sim = model.sim
+    w0, w1 = sim.window
+    span_n = w1 - w0
+    span = hi - lo
+    out = []
+    checks = [
+        (
+            "line centre is at",
+            (float(params[0]) - lo) / span,
+            ((sim.B0[0] - w0) / span_n, (sim.B0[1] - w0) / span_n),
+            False,
+            "centre the sweep on the line",
+            "centre the sweep on the line",
+        ),
+        (
+            "line width is",
+            float(params[1]) / span,
+            (sim.dB[0] / span_n, sim.dB[1] / span_n),
+            sim.log_dB,
+            "record a narrower sweep around the line",
+            "record a wider sweep",
+        ),
+    ]
+    for what, frac, (f_lo, f_hi), log, low_advice, high_advice in checks:
+        where = _range_position(frac, f_lo, f_hi, log)
+        if where == "inside":
+            continue
+        trained = f"{_pct(f_lo)}-{_pct(f_hi)} %"
+        advice = low_advice if frac < 0.5 * (f_lo + f_hi) else high_advice
+        if where == "outside":
+            out.append(
+                f"{what} {_pct(frac)} % of the sweep: the model was trained for {trained} "
+                f"(outside: treat with caution; {advice})"
+            )
+        else:
+            out.append(
+                f"{what} {_pct(frac)} % of the sweep, at the edge of the {trained} the model "
+                "was trained for: treat with caution"
+            )
+    return out
 
 
 def _warnings_for(
@@ -305,39 +459,65 @@ def _warnings_for(
     axis: np.ndarray,
     name: str,
     sweep: tuple[float, float] | None = None,
+    sigmas: np.ndarray | None = None,
 ) -> list[str]:
+    """Warnings for one spectrum; `params` (and `sigmas`) in physical units on `axis`.
+
+    For a window-agnostic model `axis` is the file's sweep and the training ranges
+    are checked as fractions of it.
+    """
     # the file name is a column of its own: drop prepare_real's "name: " prefix
     out = [w[len(name) + 2 :] if w.startswith(name + ": ") else w for w in prep.warnings]
     names = model.names
+    relative = bool(getattr(model.sim, "relative_window", False))
+    window = "the measured sweep" if relative else "the model's window"
     B0, dB = float(params[0]), float(params[1])
     lo, hi = float(axis[0]), float(axis[-1])
     if not lo <= B0 <= hi:
         out.append(
-            f"line lies at/outside the window: B0 = {B0:.2f} G is outside the model's window "
+            f"line lies at/outside the window: B0 = {B0:.2f} G is outside {window} "
             f"{lo:.2f}-{hi:.2f} G"
         )
     elif min(B0 - lo, hi - B0) < dB:
         out.append(
             f"line lies at/outside the window: B0 = {B0:.2f} G is closer than dB = {dB:.2f} G "
-            f"to an edge of the model's window {lo:.2f}-{hi:.2f} G"
+            f"to an edge of {window} {lo:.2f}-{hi:.2f} G"
         )
-    if sweep is not None and not sweep[0] <= B0 <= sweep[1]:
+    if not relative and sweep is not None and not sweep[0] <= B0 <= sweep[1]:
         out.append(
             f"B0 = {B0:.2f} G lies outside the measured sweep {sweep[0]:.2f}-{sweep[1]:.2f} G: "
             "the prediction and the reconstruction are unreliable"
         )
-    for name, value in zip(names, params, strict=True):
-        r_lo, r_hi = model.sim.ranges()[name]
-        margin = EDGE_FRACTION * (r_hi - r_lo)
+    if relative:
+        out += _relative_range_warnings(model, params, lo, hi)
+    ranges = model.sim.ranges()
+    for i, (pname, value) in enumerate(zip(names, params, strict=True)):
+        if relative and i < 2:
+            continue  # B0 and dB: in fractions of the sweep above
+        r_lo, r_hi = ranges[pname]
         rng = f"[{r_lo:g}, {r_hi:g}]"
-        if value < r_lo - margin or value > r_hi + margin:
+        log = pname == "dB" and bool(getattr(model.sim, "log_dB", False))
+        where = _range_position(float(value), r_lo, r_hi, log)
+        if where == "outside":
             out.append(
-                f"{_fmt_value(name, value)} is outside the training range {rng}: treat with caution"
+                f"{_fmt_value(pname, value)} is outside the training range {rng}: treat with caution"
             )
-        elif value <= r_lo + margin or value >= r_hi - margin:
+        elif where == "edge":
             out.append(
-                f"{_fmt_value(name, value)} is at the edge of the training range {rng}: "
+                f"{_fmt_value(pname, value)} is at the edge of the training range {rng}: "
                 "treat with caution"
+            )
+    if sigmas is not None and "p" in names:
+        i = names.index("p")
+        s_p = float(sigmas[i])
+        p_lo, p_hi = ranges["p"]
+        if math.isfinite(s_p) and s_p > P_SIGMA_FRACTION * (p_hi - p_lo):
+            geometry = model.sim.geometry
+            fold = P_FOLD.get(geometry)
+            beyond = f"beyond p ≈ {fold:g} " if fold is not None else ""
+            out.append(
+                f"p is poorly determined by the line shape here (sigma {s_p:.2g}): {beyond}"
+                f"different p give nearly the same line ({geometry})"
             )
     if prep.flipped:
         out.append(
@@ -473,21 +653,40 @@ def _nan_to_none(v: Any) -> Any:
 def _model_info(model: DysonianRegressor) -> dict:
     meta = getattr(model, "checkpoint_meta", {}) or {}
     sim = model.sim
-    return {
+    relative = bool(getattr(sim, "relative_window", False))
+    info = {
         "checkpoint": meta.get("path"),
         "checkpoint_format": meta.get("format"),
         "trained_with_dysonian_pl": meta.get("package_version"),
         "dysonian_pl_version": __version__,
-        "window_g": list(sim.window),
+        "window_g": None if relative else list(sim.window),
+        "relative_window": relative,
         "n_points": sim.n_points,
         "geometry": sim.geometry,
         "target_names": list(model.names),
+        "uncertainty": _has_sigma(model),
         "training_ranges": {k: list(v) for k, v in sim.ranges().items()},
     }
+    if relative:
+        w0, w1 = sim.window
+        span = w1 - w0
+        info["window"] = "each file's own sweep (window-agnostic model)"
+        info["nominal_window"] = list(sim.window)
+        info["training_ranges_fraction_of_sweep"] = {
+            "B0": [(sim.B0[0] - w0) / span, (sim.B0[1] - w0) / span],
+            "dB": [sim.dB[0] / span, sim.dB[1] / span],
+        }
+    return info
+
+
+def _has_sigma(model: DysonianRegressor) -> bool:
+    return bool(getattr(model, "uncertainty", False))
 
 
 def _columns(model: DysonianRegressor, polish: bool) -> list[str]:
     cols = ["file", "path", "status", *model.names]
+    if _has_sigma(model):
+        cols += [f"{n}_sigma" for n in model.names]
     cols += ["amplitude", "baseline_offset", "baseline_slope", "rms_residual"]
     cols += ["flipped", "coverage", "sweep_lo", "sweep_hi", "n_points_file", "png"]
     if polish:
@@ -502,10 +701,11 @@ def _write_csv(path: Path, rows: list[dict], cols: list[str], model: DysonianReg
     buf = io.StringIO()
     info = _model_info(model)
     buf.write(f"# dysonian_pl {__version__} infer; checkpoint {info['checkpoint']}\n")
-    buf.write(
-        f"# model window {info['window_g'][0]:g}-{info['window_g'][1]:g} G, "
-        f"{info['n_points']} points, geometry {info['geometry']}\n"
-    )
+    if info["relative_window"]:
+        window = "each file's own sweep (window-agnostic model)"
+    else:
+        window = f"{info['window_g'][0]:g}-{info['window_g'][1]:g} G"
+    buf.write(f"# model window {window}, {info['n_points']} points, geometry {info['geometry']}\n")
     for col in cols:
         if col in UNITS:
             buf.write(f"# {col}: {UNITS[col]}\n")
@@ -521,10 +721,22 @@ def _write_csv(path: Path, rows: list[dict], cols: list[str], model: DysonianReg
     _atomic_write(path, buf.getvalue().encode("utf-8"))
 
 
+def _units(model: DysonianRegressor) -> dict[str, str]:
+    out = {}
+    for k, v in UNITS.items():
+        base = k.removesuffix("_sigma")
+        if base in ("alpha", "p") and base not in model.names:
+            continue
+        if k.endswith("_sigma") and not _has_sigma(model):
+            continue
+        out[k] = v
+    return out
+
+
 def _write_json(path: Path, rows: list[dict], model: DysonianRegressor) -> None:
     doc = {
         "model": _model_info(model),
-        "units": {k: v for k, v in UNITS.items() if k not in ("alpha", "p") or k in model.names},
+        "units": _units(model),
         "rows": [{k: _nan_to_none(v) for k, v in row.items()} for row in rows],
     }
     text = json.dumps(doc, indent=2, allow_nan=False)
@@ -602,7 +814,9 @@ def infer_files(
         model.checkpoint_meta = {"path": None, "format": CHECKPOINT_FORMAT}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    axis = field_axis(model.sim)
+    model_axis = field_axis(model.sim)
+    relative = bool(getattr(model.sim, "relative_window", False))
+    with_sigma = _has_sigma(model)
     names = model.names
     inputs = expand_inputs(paths)
     pngs = _png_names([Path(p).stem if p else "" for _, p in inputs]) if plots else []
@@ -620,8 +834,8 @@ def infer_files(
 
     rows: list[dict] = []
     try:
-        # 1. read and prepare every file
-        ready: list[tuple[int, Any, Any]] = []  # (row index, spectrum, prepared)
+        # 1. read and prepare every file (a window-agnostic model: on the file's own sweep)
+        ready: list[tuple[int, Any, Any, np.ndarray, tuple[float, float]]] = []
         for shown, path in inputs:
             row: dict[str, Any] = {"file": Path(shown).name, "path": shown, "status": "ok"}
             row.update({n: math.nan for n in names})
@@ -630,6 +844,21 @@ def infer_files(
                 if path is None:
                     raise SpectrumFileError(f"{shown}: no file matches this pattern")
                 spec = read_spectrum(path)
+                field_g = np.asarray(spec.field, dtype=np.float64)
+                finite = np.isfinite(field_g) & np.isfinite(np.asarray(spec.intensity, float))
+                sweep = (
+                    (float(field_g[finite].min()), float(field_g[finite].max()))
+                    if finite.any()
+                    else (math.nan, math.nan)
+                )
+                axis = model_axis
+                if relative and finite.sum() >= 16:  # fewer: prepare_real says so
+                    if not sweep[1] > sweep[0]:
+                        raise ValueError(
+                            f"{Path(path).name}: every point has the same field "
+                            f"({sweep[0]:g} G); there is no sweep to read"
+                        )
+                    axis = np.linspace(sweep[0], sweep[1], model.sim.n_points)
                 prep = prepare_real(spec.field, spec.intensity, axis, name=Path(path).name)
             except (SpectrumFileError, ValueError, OSError) as e:
                 row.update(status="error", error=" ".join(str(e).split()), warnings="")
@@ -637,26 +866,34 @@ def infer_files(
                 if bar is not None:
                     bar.update()
                 continue
-            ready.append((len(rows) - 1, spec, prep))
+            ready.append((len(rows) - 1, spec, prep, axis, sweep))
 
-        # 2. one batched forward pass
+        # 2. one batched forward pass (nominal units for a window-agnostic model)
         if ready:
-            batch = np.stack([prep.spectrum for _, _, prep in ready])
-            predictions = predict_arrays(model, batch)
+            batch = np.stack([r[2].spectrum for r in ready])
+            predictions, sigmas = predict_arrays(model, batch, return_sigma=True)
 
-        # 3. reconstruct, warn, polish, plot
-        for k, (i, spec, prep) in enumerate(ready):
-            row, params = rows[i], predictions[k]
+        # 3. to the file's units; reconstruct, warn, polish, plot
+        for k, (i, spec, prep, axis, sweep) in enumerate(ready):
+            row = rows[i]
+            params, sigma = to_physical(model, predictions[k], sigmas[k], sweep)
             if bar is not None:
                 bar.set_postfix_str(row["file"][-30:], refresh=False)
-            finite = np.isfinite(spec.field) & np.isfinite(spec.intensity)
-            sweep_lo, sweep_hi = float(spec.field[finite].min()), float(spec.field[finite].max())
+            sweep_lo, sweep_hi = sweep
             covered = (axis >= sweep_lo) & (axis <= sweep_hi)
             fit = _reconstruct(model, axis, prep, params, covered)
             warns = _warnings_for(
-                model, params, prep, axis, Path(spec.path).name, (sweep_lo, sweep_hi)
+                model,
+                params,
+                prep,
+                axis,
+                Path(spec.path).name,
+                sweep,
+                sigmas=sigma if with_sigma else None,
             )
             row.update({n: float(v) for n, v in zip(names, params, strict=True)})
+            if with_sigma:
+                row.update({f"{n}_sigma": float(v) for n, v in zip(names, sigma, strict=True)})
             row.update(
                 amplitude=fit.amplitude,
                 baseline_offset=fit.offset,
@@ -676,7 +913,8 @@ def infer_files(
                 row.update(extra)
             if plots:
                 title = f"{row['file']}:  " + ",  ".join(
-                    _fmt_value(n, float(v)) for n, v in zip(names, params, strict=True)
+                    _fmt_value(n, float(v), float(e) if with_sigma else None)
+                    for n, v, e in zip(names, params, sigma, strict=True)
                 )
                 png = _overlay_png(axis, prep.spectrum, fit.reconstructed_norm, covered, title)
                 _atomic_write(out / pngs[i], png)
@@ -709,7 +947,7 @@ def markdown_table(rows: list[dict], names: tuple[str, ...] | list[str]) -> str:
         if row.get("status") == "error":
             cells = [row["file"], *("-" for _ in names), f"error: {row.get('error', '')}"]
         else:
-            cells = [row["file"], *(f"{row[n]:.4g}" for n in names)]
+            cells = [row["file"], *(format_pm(row[n], row.get(f"{n}_sigma")) for n in names)]
             w = row.get("warnings") or ""
             n_w = len([x for x in w.split("; ") if x]) if w else 0
             cells.append(f"{n_w} warning(s)" if n_w else "ok")
@@ -727,7 +965,17 @@ def _parser() -> argparse.ArgumentParser:
         "predict B0, dB, p with a trained model, write predictions.csv/.json and overlay PNGs.",
     )
     ap.add_argument("inputs", nargs="+", metavar="FILE_OR_GLOB", help="spectrum files or globs")
-    ap.add_argument("--ckpt", help="model checkpoint (.ckpt) written by dysonian_pl training")
+    ap.add_argument(
+        "--ckpt",
+        help="model checkpoint (.ckpt) written by dysonian_pl training (default: the "
+        "pretrained window-agnostic model shipped with the package)",
+    )
+    ap.add_argument(
+        "--geometry",
+        choices=GEOMETRIES,
+        help="sample geometry: picks the pretrained model when --ckpt is not given "
+        "(default plate); with --ckpt it must be the checkpoint's geometry",
+    )
     ap.add_argument("--out", default="infer_out", help="output folder (default: infer_out)")
     ap.add_argument("--no-plots", action="store_true", help="do not write overlay PNGs")
     ap.add_argument(
@@ -754,10 +1002,13 @@ def main(argv: list[str] | None = None) -> int:
         args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return int(e.code) if isinstance(e.code, int) else 2
-    ckpt = args.ckpt or default_checkpoint()
+    geometry = args.geometry or "plate"
+    ckpt = args.ckpt or default_checkpoint(geometry)
     if not ckpt:
         print(
-            "error: no checkpoint given: pass --ckpt (a pretrained model is not shipped yet)",
+            "error: no checkpoint given: pass --ckpt (the pretrained "
+            f"{geometry} model dysonian_pl/pretrained/{pretrained_name(geometry)} is not "
+            "installed)",
             file=sys.stderr,
         )
         return 2
@@ -768,6 +1019,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.geometry and model.sim.geometry != args.geometry:
+        print(
+            f"error: --geometry {args.geometry}: the checkpoint {Path(ckpt).name} is a "
+            f"{model.sim.geometry} model",
+            file=sys.stderr,
+        )
         return 2
     try:
         rows = infer_files(

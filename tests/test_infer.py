@@ -30,17 +30,13 @@ def _real(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def ckpt(tmp_path_factory) -> Path:
+def _train_tiny(sim: SimulationConfig, path: Path, **model_kwargs) -> Path:
     """A tiny checkpoint written by Lightning after two optimiser steps."""
     import lightning as L
 
     from dysonian_pl.data import SpectraDataModule
 
-    sim = SimulationConfig(
-        B0=(3320.0, 3480.0), dB=(3.0, 50.0), p=(0.2, 2.0), window=(3300.0, 3500.0), n_points=512
-    )
-    model = DysonianRegressor(sim=sim, width=8)
+    model = DysonianRegressor(sim=sim, width=8, **model_kwargs)
     dm = SpectraDataModule(sim=sim, n_spectra=60, batch_size=16, cache_dir=None)
     trainer = L.Trainer(
         max_steps=2,
@@ -52,9 +48,31 @@ def ckpt(tmp_path_factory) -> Path:
         limit_val_batches=1,
     )
     trainer.fit(model, dm)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
     trainer.save_checkpoint(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory) -> Path:
+    sim = SimulationConfig(
+        B0=(3320.0, 3480.0), dB=(3.0, 50.0), p=(0.2, 2.0), window=(3300.0, 3500.0), n_points=512
+    )
+    return _train_tiny(sim, tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
+
+
+@pytest.fixture(scope="session")
+def rel_ckpt(tmp_path_factory) -> Path:
+    """A tiny window-agnostic checkpoint with the uncertainty head."""
+    sim = SimulationConfig(
+        B0=(100, 900), dB=(10, 500), p=(0.05, 4), window=(0, 1000), n_points=256,
+        log_dB=True, relative_window=True,
+    )  # fmt: skip
+    return _train_tiny(sim, tmp_path_factory.mktemp("ckpt") / "rel.ckpt", uncertainty=True)
+
+
+@pytest.fixture(scope="session")
+def rel_model(rel_ckpt) -> DysonianRegressor:
+    return infer.load_model(rel_ckpt)
 
 
 @pytest.fixture(scope="session")
@@ -127,10 +145,37 @@ def test_non_plain_objects_need_trust(ckpt, tmp_path):
     assert isinstance(infer.load_model(odd, trust=True), DysonianRegressor)
 
 
-def test_no_checkpoint_given(capsys):
+def test_no_checkpoint_given(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(infer, "_pretrained_dir", lambda: tmp_path)  # no shipped model
     assert infer.default_checkpoint() is None
+    assert infer.default_checkpoint("sphere") is None
     assert infer.main(["a.dta"]) == 2
-    assert "no checkpoint given: pass --ckpt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no checkpoint given: pass --ckpt" in err
+    assert "dysonian_pl/pretrained/universal-plate.ckpt is not installed" in err
+    assert infer.main(["a.dta", "--geometry", "sphere"]) == 2
+    assert "universal-sphere.ckpt is not installed" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="geometry: must be one of"):
+        infer.default_checkpoint("cube")
+
+
+def test_default_checkpoint_is_used_without_ckpt(rel_ckpt, tmp_path, monkeypatch, capsys):
+    shipped = tmp_path / "pretrained"
+    shipped.mkdir()
+    shutil.copy(rel_ckpt, shipped / "universal-plate.ckpt")
+    monkeypatch.setattr(infer, "_pretrained_dir", lambda: shipped)
+    assert infer.default_checkpoint() == str(shipped / "universal-plate.ckpt")
+    assert infer.default_checkpoint("sphere") is None
+    spectrum = _write_sim_file(tmp_path / "s.csv", infer.load_model(rel_ckpt), 0, 3300.0, 3500.0)
+    out = tmp_path / "out"
+    assert infer.main([str(spectrum), "--out", str(out), "--no-plots"]) == 0
+    captured = capsys.readouterr()
+    assert " ± " in captured.out
+    doc = json.loads((out / "predictions.json").read_text())
+    assert doc["model"]["checkpoint"].endswith("universal-plate.ckpt")
+    # --ckpt with a --geometry that is not the checkpoint's
+    assert infer.main([str(spectrum), "--ckpt", str(rel_ckpt), "--geometry", "sphere"]) == 2
+    assert "--geometry sphere: the checkpoint rel.ckpt is a plate model" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- #
@@ -146,6 +191,10 @@ def test_predict_arrays_shape_batches_and_check(model):
     np.testing.assert_allclose(a, b, rtol=1e-5)
     with pytest.raises(ValueError, match=r"expected shape \(N, 512\)"):
         infer.predict_arrays(model, np.zeros((2, 100), np.float32))
+    # no uncertainty head: NaN sigmas
+    v, s = infer.predict_arrays(model, x.numpy(), return_sigma=True)
+    np.testing.assert_allclose(v, a, rtol=1e-6)
+    assert s.shape == (5, 3) and np.isnan(s).all()
 
 
 def test_simulated_text_file_matches_predict_arrays(model, tmp_path):
@@ -357,3 +406,107 @@ def test_polish_plumbing_with_a_stub_fitter(model, tmp_path, monkeypatch):
     )
     assert "polish skipped: dysonian_pl.fitting is not available" in rows[0]["warnings"]
     assert rows[0]["status"] == "ok" and np.isnan(rows[0]["lsq_p"])
+
+
+# --------------------------------------------------------------------------- #
+# window-agnostic models and uncertainty
+# --------------------------------------------------------------------------- #
+def _write_sim_file(path: Path, model, index: int, lo: float, hi: float) -> Path:
+    """A simulated spectrum of `model`'s nominal window, written as recorded over lo-hi G."""
+    x, _ = simulate(model.sim, 5, np.array([index]))
+    w0, w1 = model.sim.window
+    field_g = lo + (field_axis(model.sim) - w0) * (hi - lo) / (w1 - w0)
+    with open(path, "w") as fh:
+        fh.write("field (G),intensity\n")
+        fh.writelines(
+            f"{float(b)!r},{float(v)!r}\n" for b, v in zip(field_g, x[0].numpy(), strict=True)
+        )
+    return path
+
+
+def test_to_physical_identity_for_fixed_window(model):
+    v, s = np.array([3400.0, 20.0, 1.0]), np.array([0.1, 0.2, 0.3])
+    v2, s2 = infer.to_physical(model, v, s, (3000.0, 4000.0))
+    np.testing.assert_array_equal(v2, v)
+    np.testing.assert_array_equal(s2, s)
+
+
+def test_relative_window_maps_sweep_and_sigma(rel_model, tmp_path):
+    from dysonian_pl.preprocess import prepare_real
+    from dysonian_pl.readers import read_spectrum
+
+    sweeps = [(3300.0, 3500.0), (9000.0, 9400.0)]
+    files = [
+        _write_sim_file(tmp_path / f"s{i}.csv", rel_model, 3, *sw) for i, sw in enumerate(sweeps)
+    ]
+    out = tmp_path / "out"
+    rows = infer.infer_files(files, rel_model, out, plots=True, quiet=True)
+    assert [r["status"] for r in rows] == ["ok", "ok"], [r.get("error") for r in rows]
+    w0, w1 = rel_model.sim.window
+    rel = []
+    for row, f, (lo, hi) in zip(rows, files, sweeps, strict=True):
+        assert (row["sweep_lo"], row["sweep_hi"]) == pytest.approx((lo, hi))
+        assert row["coverage"] == 1.0
+        spec = read_spectrum(f)
+        prep = prepare_real(spec.field, spec.intensity, np.linspace(lo, hi, 256))
+        (nb0, ndb, npp), (sb0, sdb, sp) = (
+            a[0] for a in infer.predict_arrays(rel_model, prep.spectrum, return_sigma=True)
+        )
+        k = (hi - lo) / (w1 - w0)
+        assert row["B0"] == pytest.approx(lo + (nb0 - w0) * k, rel=1e-6)
+        assert row["dB"] == pytest.approx(ndb * k, rel=1e-6)
+        assert row["p"] == pytest.approx(npp, rel=1e-6)
+        assert row["B0_sigma"] == pytest.approx(sb0 * k, rel=1e-6)
+        assert row["dB_sigma"] == pytest.approx(sdb * k, rel=1e-6)
+        assert row["p_sigma"] == pytest.approx(sp, rel=1e-6)
+        assert all(row[f"{n}_sigma"] > 0 for n in ("B0", "dB", "p"))
+        rel.append([(row["B0"] - lo) / (hi - lo), row["dB"] / (hi - lo), row["p"]])
+    # the same line relative to its sweep: the same relative prediction
+    np.testing.assert_allclose(rel[0], rel[1], rtol=1e-5)
+    # and the network saw what training sees (the simulated, normalised spectrum)
+    x, _ = simulate(rel_model.sim, 5, np.array([3]))
+    want = infer.predict_arrays(rel_model, normalise(x).numpy())[0]
+    np.testing.assert_allclose(
+        rel[0], [(want[0] - w0) / (w1 - w0), want[1] / (w1 - w0), want[2]], rtol=1e-4
+    )
+    table = _read_csv(out / "predictions.csv")
+    for name in ("B0_sigma", "dB_sigma", "p_sigma"):
+        assert all(float(r[name]) > 0 for r in table)
+    header = (out / "predictions.csv").read_text().split("\nfile,")[0]
+    assert "each file's own sweep" in header and "p_sigma:" in header
+    doc = json.loads((out / "predictions.json").read_text())
+    assert doc["model"]["relative_window"] is True and doc["model"]["window_g"] is None
+    assert doc["model"]["training_ranges_fraction_of_sweep"]["dB"] == [0.01, 0.5]
+    assert doc["rows"][0]["p_sigma"] > 0 and "B0_sigma" in doc["units"]
+    md = infer.markdown_table(rows, rel_model.names)
+    assert md.count(" ± ") == 6
+    assert (out / "s1.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_relative_window_warnings_and_p_sigma(rel_model):
+    axis = np.linspace(3300.0, 3500.0, 256)
+    prep = type("P", (), {"warnings": [], "flipped": False})()
+    params = np.array([3310.0, 96.0, 1.0])  # centre at 5 %, width 48 % of the sweep
+    warns = infer._warnings_for(
+        rel_model, params, prep, axis, "f", (3300.0, 3500.0), sigmas=np.array([1.0, 1.0, 0.8])
+    )
+    text = "; ".join(warns)
+    assert "line centre is at 5 % of the sweep: the model was trained for 10-90 %" in text
+    assert "line width is 48 % of the sweep, at the edge of the 1-50 %" in text
+    assert "p is poorly determined by the line shape here (sigma 0.8): beyond p ≈ 2.6" in text
+    assert "training range [100, 900]" not in text  # nominal ranges are not shown as G
+    ok = infer._warnings_for(
+        rel_model, np.array([3400.0, 20.0, 1.0]), prep, axis, "f", (3300.0, 3500.0),
+        sigmas=np.array([0.1, 0.1, 0.1]),
+    )  # fmt: skip
+    assert ok == []
+    narrow = infer._warnings_for(rel_model, np.array([3400.0, 1.0, 1.0]), prep, axis, "f")
+    assert "line width is 0.5 % of the sweep" in "; ".join(narrow)
+    assert "record a narrower sweep around the line" in "; ".join(narrow)
+
+
+def test_format_pm():
+    assert infer.format_pm(3399.5234, 0.03) == "3399.52 ± 0.03"
+    assert infer.format_pm(1.2345, 0.15) == "1.23 ± 0.15"
+    assert infer.format_pm(3399.5, float("nan")) == "3400"
+    assert infer.format_pm(42.0, None) == "42"

@@ -151,6 +151,7 @@ def test_fit_optimized_falls_back_to_fp32_and_runs_two_persistent_workers(
         "--config", config("optimized.yaml"),
         *tiny_overrides(tmp_path, batch_size=None),
         "--data.num_workers", "2",
+        "--keep_workers", "true",
     )  # fmt: skip
     out, err = capsys.readouterr()
     fallback = [line for line in err.splitlines() if FALLBACK in line]
@@ -267,3 +268,28 @@ def test_predict_with_checkpoint(tiny_run, tmp_path: Path) -> None:
     # the checkpoint's weights: the in-memory fit model (best weights) predicts the same
     again = tiny_run.cli.model.eval().predict_physical(x).numpy()
     np.testing.assert_allclose(pred, again, rtol=1e-6, atol=1e-6)
+
+
+def test_resolve_workers_drops_workers_on_a_small_cpu_only_machine() -> None:
+    from dysonian_pl.cli import resolve_workers
+
+    assert resolve_workers(2, on_cuda=False, cores=2)[0] == 0
+    assert "2 cores" in resolve_workers(2, on_cuda=False, cores=2)[1]
+    assert resolve_workers(2, on_cuda=True, cores=2) == (2, None)
+    assert resolve_workers(2, on_cuda=False, cores=16) == (2, None)
+    assert resolve_workers(0, on_cuda=False, cores=2) == (0, None)
+
+
+def test_fit_optimized_on_this_cpu_runs_without_workers_and_says_so(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    cli = fit(
+        "--config", config("optimized.yaml"),
+        *tiny_overrides(tmp_path, batch_size=None),
+        "--data.num_workers", "2",
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert sum("data.num_workers 2 requested" in line for line in err.splitlines()) == 1
+    assert cli.datamodule.num_workers == 0
+    assert cli.datamodule.train_dataloader().num_workers == 0

@@ -258,6 +258,10 @@ TOOLS = {
         "CNN vs least squares on held-out simulated spectra and real files",
     ),
     "bench": ("dysonian_pl.bench", "measure the training regimes and inference speed"),
+    "sets": (
+        "dysonian_pl.evaluate",
+        "a checkpoint on every prior-work set: MAE, sigma coverage, reliability",
+    ),
 }
 
 

@@ -304,6 +304,12 @@ class DysonianRegressor(L.LightningModule):
 
     # ---- checkpoints -------------------------------------------------------------------
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Checkpoints written before the sigma calibration buffer existed load with factors 1."""
+        if "sigma_scale" not in state_dict:
+            state_dict = {**state_dict, "sigma_scale": torch.ones(3, dtype=torch.float64)}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["dysonian_pl"] = {
             "format": CHECKPOINT_FORMAT,

@@ -12,8 +12,8 @@ spectra on ``simulate.field_axis(cfg)``:
 
 A spectrum counts as a failure when ``|dB0| > 1 G`` or ``|dp| > 0.05``.
 Conditions of the command line: the config's own augmentations, SNR 30 dB, SNR
-20 dB and a strong baseline curvature (0.1, unmodelled by the least-squares
-baseline, which is offset + slope).
+20 dB and a strong baseline curvature (0.1; the least-squares baseline is
+offset + slope + curvature).
 
 Command line::
 

@@ -50,6 +50,10 @@ def _readable(model_sim: SimulationConfig, cfg: SimulationConfig) -> str | None:
 
 def evaluate_set(model, cfg: SimulationConfig, n: int, seed: int) -> dict:
     """MAE, coverage and |error|/sigma quantiles of `model` on `n` spectra of `cfg`."""
+    if model.sim.relative_window and cfg.n_points != model.sim.n_points:
+        cfg = cfg.replace(
+            n_points=model.sim.n_points
+        )  # the set's window and ranges, the model's points
     index = 10**9 + np.arange(n)
     x, y = simulate(cfg, seed, index)
     values, sigmas = predict_arrays(model, x.numpy(), return_sigma=True)

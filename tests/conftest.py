@@ -104,3 +104,26 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
         stdout=out.getvalue(),
         stderr=err.getvalue(),
     )
+
+
+def train_tiny_checkpoint(sim, path: Path, **model_kwargs) -> Path:
+    """A tiny checkpoint written by Lightning after two optimiser steps."""
+    import lightning as L
+
+    from dysonian_pl.data import SpectraDataModule
+    from dysonian_pl.module import DysonianRegressor
+
+    model = DysonianRegressor(sim=sim, width=8, **model_kwargs)
+    dm = SpectraDataModule(sim=sim, n_spectra=60, batch_size=16, cache_dir=None)
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=1,
+    )
+    trainer.fit(model, dm)
+    trainer.save_checkpoint(path)
+    return path

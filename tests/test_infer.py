@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import train_tiny_checkpoint
 
 from dysonian_pl import infer
 from dysonian_pl.module import CHECKPOINT_FORMAT, DysonianRegressor
@@ -30,34 +31,12 @@ def _real(path: Path) -> Path:
     return path
 
 
-def _train_tiny(sim: SimulationConfig, path: Path, **model_kwargs) -> Path:
-    """A tiny checkpoint written by Lightning after two optimiser steps."""
-    import lightning as L
-
-    from dysonian_pl.data import SpectraDataModule
-
-    model = DysonianRegressor(sim=sim, width=8, **model_kwargs)
-    dm = SpectraDataModule(sim=sim, n_spectra=60, batch_size=16, cache_dir=None)
-    trainer = L.Trainer(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=1,
-    )
-    trainer.fit(model, dm)
-    trainer.save_checkpoint(path)
-    return path
-
-
 @pytest.fixture(scope="session")
 def ckpt(tmp_path_factory) -> Path:
     sim = SimulationConfig(
         B0=(3320.0, 3480.0), dB=(3.0, 50.0), p=(0.2, 2.0), window=(3300.0, 3500.0), n_points=512
     )
-    return _train_tiny(sim, tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
+    return train_tiny_checkpoint(sim, tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +46,9 @@ def rel_ckpt(tmp_path_factory) -> Path:
         B0=(100, 900), dB=(10, 500), p=(0.05, 4), window=(0, 1000), n_points=256,
         log_dB=True, relative_window=True,
     )  # fmt: skip
-    return _train_tiny(sim, tmp_path_factory.mktemp("ckpt") / "rel.ckpt", uncertainty=True)
+    return train_tiny_checkpoint(
+        sim, tmp_path_factory.mktemp("ckpt") / "rel.ckpt", uncertainty=True
+    )
 
 
 @pytest.fixture(scope="session")

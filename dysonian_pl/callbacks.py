@@ -8,6 +8,7 @@ import time
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 def peak_rss_mb() -> float:
@@ -67,3 +68,33 @@ class PerformanceMonitor(L.Callback):
             )
         self.summary = s
         pl_module.log_dict(s, on_step=False, on_epoch=True, rank_zero_only=True)
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose ``last.ckpt`` is written after every epoch.
+
+    Lightning 2.6 writes ``last.ckpt`` only when a top-k checkpoint was saved in the same
+    step, so after the monitored metric stops improving the "last" checkpoint stays at
+    the best epoch and a killed run resumed with ``--ckpt_path last`` would lose every
+    epoch since then. This subclass writes it whenever the parent did not.
+    """
+
+    @property
+    def state_key(self) -> str:
+        # the key Lightning's ModelCheckpoint uses, so checkpoints of either class resume
+        return super().state_key.replace(type(self).__qualname__, "ModelCheckpoint", 1)
+
+    def _ensure_last(self, trainer: L.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            if self._last_global_step_saved != trainer.global_step or not self.last_model_path:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer) and not trainer.sanity_checking:
+            self._ensure_last(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._ensure_last(trainer)

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .atomic import AtomicCheckpointIO
-from .callbacks import PerformanceMonitor
+from .callbacks import PerformanceMonitor, ResumableCheckpoint
 from .data import SpectraDataModule
 from .module import DysonianRegressor
 
@@ -124,7 +124,7 @@ def check_checkpoint_path(ckpt_path) -> None:
 
 class DysonianCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(PerformanceMonitor, "perf")

@@ -255,3 +255,19 @@ def test_sigkill_mid_epoch_and_resume(tmp_path):
     assert final["global_step"] == per_epoch * max_epochs
     assert len(steps) == max_epochs, steps
     assert all(b - a == per_epoch for a, b in zip(steps, steps[1:], strict=False)), steps
+
+
+def test_last_checkpoint_follows_every_epoch_when_validation_stops_improving(tmp_path):
+    """Monitoring `epoch` in mode min makes epoch 0 the best for ever; last.ckpt must still
+    be the newest epoch (Lightning 2.6 alone keeps it at the best epoch)."""
+    import contextlib
+    import io
+
+    from dysonian_pl.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        cli = main(["fit", *tiny_overrides(tmp_path, epochs=3), "--checkpoint.monitor", "epoch"])
+    ckpts = Path(cli.trainer.log_dir) / "checkpoints"
+    best = [p for p in ckpts.glob("best-*.ckpt")]
+    assert len(best) == 1 and best[0].name.startswith("best-0-")
+    assert _load(ckpts / "last.ckpt")["epoch"] == 2

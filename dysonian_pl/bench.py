@@ -502,7 +502,7 @@ def train_round(reg: Regime, seconds: float) -> dict[str, Any]:
         y = y.to(dev, non_blocking=non_blocking)
         opt.zero_grad(set_to_none=True)
         with autocast:
-            loss = model._loss(model(x), y)
+            loss = model._loss(model.net(x), y)
         if reg.scaler is not None:
             reg.scaler.scale(loss).backward()
             reg.scaler.unscale_(opt)
@@ -558,7 +558,7 @@ def evaluate(
             preds.append(model.predict_physical(x[i : i + batch]).cpu())
         pred = torch.cat(preds)
         mae = (pred - y).abs().mean(dim=0)
-        loss = model._loss(model.scaler.scale(pred.to(model.device)), y.to(model.device))
+        loss = model._loss(model.scaler.scale(pred.to(model.device)), y.to(model.device), nll=False)
     model.train(was_training)
     return [float(v) for v in mae], float(loss)
 

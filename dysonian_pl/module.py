@@ -137,8 +137,8 @@ class DysonianRegressor(L.LightningModule):
         return self.net(x)[:, :3]
 
     def _split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Network output -> (scaled means, log sigma in scaled units or None)."""
-        if not self.uncertainty:
+        """Network output (or means alone) -> (scaled means, log sigma in scaled units or None)."""
+        if not self.uncertainty or out.shape[-1] == 3:
             return out, None
         return out[:, :3], out[:, 3:].clamp(-12.0, 3.0)
 
@@ -165,7 +165,7 @@ class DysonianRegressor(L.LightningModule):
 
     # ---- steps -------------------------------------------------------------------------
 
-    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _loss(self, out: torch.Tensor, y: torch.Tensor, nll: bool = True) -> torch.Tensor:
         """Weighted MSE on scaled targets, or the beta-NLL (beta 0.5) with uncertainty.
 
         beta-NLL (Seitzer et al., ICLR 2022) weights each term of the Gaussian NLL by
@@ -173,7 +173,7 @@ class DysonianRegressor(L.LightningModule):
         """
         mean, log_sigma = self._split(out.float())
         err = (mean - self.scaler.scale(y)) ** 2
-        if log_sigma is not None:
+        if log_sigma is not None and nll:
             inv_var = torch.exp(-2.0 * log_sigma)
             nll = 0.5 * err * inv_var + log_sigma
             err = nll * log_sigma.detach().exp()
@@ -195,7 +195,7 @@ class DysonianRegressor(L.LightningModule):
         z, log_sigma = self._split(out)
         # the evaluation loss is always the weighted MSE of the means: the beta-NLL's
         # value shrinks with sigma and is no measure of progress to monitor
-        loss = self._loss(z, y)
+        loss = self._loss(out, y, nll=False)
         # metrics in float64: R2 of B0 ~ 3350 G with a spread of tens of G loses about
         # three digits to cancellation in float32 states, and the loss depends on how the
         # samples were summed (per rank, per batch), so DDP and one process would disagree

@@ -127,3 +127,17 @@ def train_tiny_checkpoint(sim, path: Path, **model_kwargs) -> Path:
     trainer.fit(model, dm)
     trainer.save_checkpoint(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def rel_ckpt(tmp_path_factory) -> Path:
+    """A tiny window-agnostic checkpoint with the uncertainty head."""
+    from dysonian_pl.params import SimulationConfig
+
+    sim = SimulationConfig(
+        B0=(100, 900), dB=(10, 500), p=(0.05, 4), window=(0, 1000), n_points=256,
+        log_dB=True, relative_window=True,
+    )  # fmt: skip
+    return train_tiny_checkpoint(
+        sim, tmp_path_factory.mktemp("ckpt") / "rel.ckpt", uncertainty=True
+    )

@@ -5,20 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-from conftest import train_tiny_checkpoint
-
 from dysonian_pl.evaluate import PUBLISHED_MAE, main
-from dysonian_pl.params import SimulationConfig
-
-
-@pytest.fixture(scope="module")
-def rel_ckpt(tmp_path_factory) -> Path:
-    sim = SimulationConfig(
-        B0=(100, 900), dB=(10, 500), p=(0.05, 4), window=(0, 1000), n_points=256,
-        log_dB=True, relative_window=True,
-    )  # fmt: skip
-    return train_tiny_checkpoint(sim, tmp_path_factory.mktemp("ev") / "rel.ckpt", uncertainty=True)
 
 
 def test_sets_table_coverage_and_reliability(rel_ckpt: Path, tmp_path: Path, capsys) -> None:

@@ -859,7 +859,7 @@ def infer_files(
                             f"({sweep[0]:g} G); there is no sweep to read"
                         )
                     axis = np.linspace(sweep[0], sweep[1], model.sim.n_points)
-                prep = prepare_real(spec.field, spec.intensity, axis, name=Path(path).name)
+                prep = prepare_real(spec.field, spec.intensity, axis, name=Path(spec.path).name)
             except (SpectrumFileError, ValueError, OSError) as e:
                 row.update(status="error", error=" ".join(str(e).split()), warnings="")
                 log(f"error: {row['error']}")

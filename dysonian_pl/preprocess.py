@@ -31,10 +31,6 @@ def _extrema(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return sign, (hi - lo).clamp_min(torch.finfo(s.dtype).tiny)
 
 
-def peak_to_peak(s: torch.Tensor) -> torch.Tensor:
-    return _extrema(s)[1]
-
-
 def normalise(s: torch.Tensor, *, polarity: bool = True) -> torch.Tensor:
     """Apply the polarity rule (optional) and scale each row to peak-to-peak 1."""
     sign, ptp = _extrema(s)

@@ -5,10 +5,16 @@ Formats:
 * Bruker BES3T (``.DSC`` descriptor + ``.DTA`` data, optional ``.XGF``/``.YGF``
   axis companions), 1D and 2D (one slice at a time or all slices).
 * Bruker ESP and WinEPR (``.par`` + ``.spc``): ESP is big-endian int32, WinEPR
-  (``DOS`` key in the ``.par``) little-endian float32, as in EasySpin's eprload.
+  (``DOS`` key in the ``.par``) little-endian float32, as in EasySpin's eprload;
+  1D, and 2D (``JSS`` bit 4096, ``SSX`` x ``SSY``) one slice at a time. Non-field
+  experiments (``JEX`` time-sweep, ENDOR, ...) are refused.
 * Text exports (``.txt``, ``.csv``, ``.asc``, ``.dat``): two columns (field,
   intensity) or three (index, field, intensity), comma/tab/semicolon/space
-  separated, with optional header lines.
+  separated (decimal commas with ';'/tab/space separators too), with optional
+  header lines. Named columns (``Field [G]``, ``Intensity``) are picked by name;
+  a field column whose unit is a time/frequency/... is refused. WinEPR's 2D export
+  ("Slice N" blocks) and long 2D tables (a y column constant along each sweep) are
+  read slice by slice.
 
 Every spectrum comes back with its field axis in gauss **in file order** (no
 sorting; ``sweep_direction`` says which way it runs) and a float64 real intensity.
@@ -240,9 +246,13 @@ def _read_text_lines(path: Path, what: str) -> list[str]:
     """Text file split on CR, LF or CRLF (non-UTF-8 bytes tolerated)."""
     _file_size(path, what)
     raw = path.read_bytes()
-    text = raw.decode("utf-8", errors="replace") if b"\x00" not in raw[:4096] else None
-    if text is None:
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 with BOM (Windows "Unicode" export)
+        text = raw.decode("utf-16", errors="replace")
+    elif b"\x00" not in raw[:4096]:
+        text = raw.decode("utf-8", errors="replace")
+    else:
         raise _err(path, f"looks binary (NUL bytes); expected {what} (text)")
+    text = text.lstrip("\ufeff")  # UTF-8 byte-order mark
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
@@ -259,8 +269,9 @@ def _unquote(value: str) -> str:
 def read_spectrum(path: str | os.PathLike, slice_index: int | None = 0) -> Spectrum:
     """Read one spectrum from a BES3T, ESP/WinEPR or text file.
 
-    ``slice_index`` selects the slice of a 2D BES3T file (default the first);
-    ``None`` demands a 1D file and raises if the file holds several slices.
+    ``slice_index`` selects the slice of a 2D file (BES3T, ESP/WinEPR or a 2D text
+    export; default the first); ``None`` demands a 1D file and raises if the file
+    holds several slices.
     """
     p = Path(path)
     ext = p.suffix.lower()
@@ -269,17 +280,25 @@ def read_spectrum(path: str | os.PathLike, slice_index: int | None = 0) -> Spect
     if ext in _BES3T_EXT:
         return _BES3T(p).slice(slice_index)
     if ext in _ESP_EXT:
-        return _read_esp(p)
+        return _ESP(p).slice(slice_index)
     if ext in _TEXT_EXT:
-        return _read_text(p)
+        return _Text(p).slice(slice_index)
     raise _err(p, f"unknown file type {p.suffix or '(none)'!r} (supported: {_SUPPORTED})")
 
 
 def read_all_slices(path: str | os.PathLike) -> list[Spectrum]:
-    """All slices of a (possibly 2D) BES3T file; a one-element list for 1D and other formats."""
+    """All slices of a (possibly 2D) BES3T or ESP/WinEPR file; one-element list for 1D and text."""
     p = Path(path)
-    if p.suffix.lower() in _BES3T_EXT:
-        reader = _BES3T(p)
+    ext = p.suffix.lower()
+    if ext in _BES3T_EXT + _ESP_EXT + _TEXT_EXT:
+        if not p.is_file():
+            raise _err(p, f"file not found (looked for {p})")
+        if ext in _BES3T_EXT:
+            reader: _BES3T | _ESP | _Text = _BES3T(p)
+        elif ext in _ESP_EXT:
+            reader = _ESP(p)
+        else:
+            reader = _Text(p)
         return [reader.slice(i) for i in range(reader.n_slices)]
     return [read_spectrum(p)]
 
@@ -404,7 +423,22 @@ class _BES3T:
 
     def _x_axis(self) -> np.ndarray:
         meta, dsc = self.meta, self.dsc
-        factor = _field_factor(dsc, meta.get("XUNI", "G"), "XUNI") if "XUNI" in meta else 1.0
+        xuni = meta.get("XUNI", "G")
+        if "XUNI" in meta and xuni.strip().strip("'\"[]() ").lower() not in _FIELD_UNITS:
+            xnam = meta.get("XNAM", "").strip()
+            what = f"x axis {xnam!r}" if xnam else "x axis"
+            hint = ""
+            yuni = meta.get("YUNI", "").strip().strip("'\"[]() ").lower()
+            if meta.get("YTYP", "NODATA").strip().upper() != "NODATA" and yuni in _FIELD_UNITS:
+                hint = (
+                    " (the field is the y axis here: a field-vs-time/other 2D set, not supported)"
+                )
+            raise _err(
+                dsc,
+                f"{what} has unit XUNI={xuni.strip()!r}, not a magnetic field{hint}; "
+                "expected a field sweep along x (XUNI G, mT or T)",
+            )
+        factor = _field_factor(dsc, xuni, "XUNI") if "XUNI" in meta else 1.0
         if "XUNI" not in meta:
             self.notes.append("no XUNI in descriptor: field assumed to be in gauss")
         xtyp = meta.get("XTYP", "IDX").strip().upper()
@@ -521,88 +555,173 @@ def _parse_par(path: Path) -> dict:
     return meta
 
 
-def _read_esp(path: Path) -> Spectrum:
-    if path.suffix.lower() == ".par":
-        par, spc = path, _find_companion(path, ".SPC", "data file")
-    else:
-        spc, par = path, _find_companion(path, ".PAR", "parameter file")
-    meta = _parse_par(par)
-    notes: list[str] = []
+class _ESP:
+    """Parsed ESP/WinEPR ``.par`` plus the size-checked ``.spc``; 2D (JSS bit 4096) by slice."""
 
-    winepr = "DOS" in meta
-    fmt = "WinEPR" if winepr else "ESP"
-    dtype = np.dtype("<f4") if winepr else np.dtype(">i4")
-    flags = int(_float(meta.get("JSS")) or 0)
-    is_complex = bool(flags & 16)
-    if flags & 4096:
-        raise _err(par, f"JSS={flags} marks 2D data, which is not supported; expected a 1D sweep")
+    def __init__(self, path: Path):
+        if path.suffix.lower() == ".par":
+            par, spc = path, _find_companion(path, ".SPC", "data file")
+        else:
+            spc, par = path, _find_companion(path, ".PAR", "parameter file")
+        self.par, self.spc = par, spc
+        meta = _parse_par(par)
+        self.meta = meta
+        notes: list[str] = []
+        self.notes = notes
 
-    size = _file_size(spc, "data file (.spc)")
-    per_point = 2 if is_complex else 1
-    n = None
-    for key in ("XPLS", "RES", "ANZ", "SSX"):  # eprload precedence: XPLS > RES > ANZ > SSX
-        if key in meta:
-            n = _int_key(par, meta, key, required=True)
-            if key in ("ANZ", "SSX") and is_complex:
-                n //= 2
-            count_key = key
-            break
-    if n is None:
-        if size % (4 * per_point):
+        winepr = "DOS" in meta
+        fmt = "WinEPR" if winepr else "ESP"
+        self.fmt = fmt
+        dtype = np.dtype("<f4") if winepr else np.dtype(">i4")
+        flags = int(_float(meta.get("JSS")) or 0)
+        is_complex = bool(flags & 16)
+        two_d = bool(flags & 4096)
+
+        jex = meta.get("JEX", "").strip()
+        if jex and "field" not in jex.lower():
             raise _err(
-                spc,
-                f"file has {size} bytes, not a multiple of {4 * per_point}; "
-                f"expected {fmt} {'complex ' if is_complex else ''}4-byte values",
+                par,
+                f"JEX={jex!r}: not a magnetic-field sweep; expected JEX field-sweep "
+                "(a cw-EPR field sweep)",
             )
-        n = size // (4 * per_point)
-        count_key = "file size"
-        notes.append(f"no point count in .par: {n} points from the file size")
-    desc = f"{count_key}={n}, {fmt} {'little-endian float32' if winepr else 'big-endian int32'}"
-    raw = _read_binary(spc, dtype, n * per_point, desc, "data file (.spc)")
-    values = raw.reshape(n, per_point)[:, 0]
-    if is_complex:
-        notes.append("complex data: real part used")
 
-    factor = _field_factor(par, meta["JUN"], "JUN") if "JUN" in meta else 1.0
-    if "JUN" not in meta:
-        notes.append("no JUN in .par: field assumed to be in gauss")
-    gst, gsi = _float(meta.get("GST")), _float(meta.get("GSI"))
-    hcf, hsw = _float(meta.get("HCF")), _float(meta.get("HSW"))
-    xxlb, xxwi = _float(meta.get("XXLB")), _float(meta.get("XXWI"))
-    two_d_xx = xxlb is not None and xxwi is not None and "XYLB" in meta and "XYWI" in meta
-    if two_d_xx:
-        start, width = xxlb, xxwi
-    elif gst is not None and gsi is not None:
-        start, width = gst, gsi
-    elif hcf is not None and hsw is not None:
-        start, width = hcf - hsw / 2, hsw
-    elif xxlb is not None and xxwi is not None:
-        start, width = xxlb, xxwi
-    elif gst is not None or hcf is not None:
-        width = 50.0
-        start = gst if gst is not None else hcf - 25.0  # type: ignore[operator]
-        ref = "GST" if gst is not None else "HCF"
-        notes.append(
-            f"no sweep width in file (no GSI/HSW): assumed HSW = 50 G from {ref} "
-            "(EasySpin eprload behaviour)"
+        size = _file_size(spc, "data file (.spc)")
+        per_point = 2 if is_complex else 1
+        ny = 1
+        if two_d:
+            # eprload: SSX/SSY give the 2D size; RES/REY (and XPLS) override them
+            nx = ny = None
+            for key in ("XPLS", "RES", "SSX"):
+                if key in meta:
+                    nx = _int_key(par, meta, key, required=True)
+                    if key == "SSX" and is_complex:
+                        nx //= 2
+                    x_key = key
+                    break
+            for key in ("REY", "SSY"):
+                if key in meta:
+                    ny = _int_key(par, meta, key, required=True)
+                    y_key = key
+                    break
+            if nx is None or ny is None:
+                raise _err(
+                    par,
+                    f"JSS={flags} marks 2D data but the header has no "
+                    f"{'SSX/RES' if nx is None else 'SSY/REY'}; expected the 2D size",
+                )
+            desc = f"{x_key}={nx}, {y_key}={ny}"
+        else:
+            nx = None
+            for key in ("XPLS", "RES", "ANZ", "SSX"):  # eprload precedence: XPLS > RES > ANZ > SSX
+                if key in meta:
+                    nx = _int_key(par, meta, key, required=True)
+                    if key in ("ANZ", "SSX") and is_complex:
+                        nx //= 2
+                    count_key = key
+                    break
+            if nx is None:
+                if size % (4 * per_point):
+                    raise _err(
+                        spc,
+                        f"file has {size} bytes, not a multiple of {4 * per_point}; "
+                        f"expected {fmt} {'complex ' if is_complex else ''}4-byte values",
+                    )
+                nx = size // (4 * per_point)
+                count_key = "file size"
+                notes.append(f"no point count in .par: {nx} points from the file size")
+            desc = f"{count_key}={nx}"
+        desc += f", {fmt} {'little-endian float32' if winepr else 'big-endian int32'}"
+        if is_complex:
+            desc += ", complex"
+        raw = _read_binary(spc, dtype, nx * ny * per_point, desc, "data file (.spc)")
+        self.data = raw.reshape(ny, nx, per_point)[:, :, 0]
+        self.xpts, self.n_slices = nx, ny
+        if is_complex:
+            notes.append("complex data: real part used")
+
+        gst, gsi = _float(meta.get("GST")), _float(meta.get("GSI"))
+        hcf, hsw = _float(meta.get("HCF")), _float(meta.get("HSW"))
+        xxlb, xxwi = _float(meta.get("XXLB")), _float(meta.get("XXWI"))
+        two_d_xx = (
+            xxlb is not None and xxwi is not None and (two_d or ("XYLB" in meta and "XYWI" in meta))
         )
-    else:
-        raise _err(par, "no field range (GST/GSI, HCF/HSW or XXLB/XXWI); expected a field sweep")
-    axis = np.linspace(start, start + width, n) * factor  # type: ignore[operator]
+        from_xx = False
+        if two_d_xx:
+            start, width, from_xx = xxlb, xxwi, True
+        elif gst is not None and gsi is not None:
+            start, width = gst, gsi
+        elif hcf is not None and hsw is not None:
+            start, width = hcf - hsw / 2, hsw
+        elif xxlb is not None and xxwi is not None:
+            start, width, from_xx = xxlb, xxwi, True
+        elif gst is not None or hcf is not None:
+            width = 50.0
+            start = gst if gst is not None else hcf - 25.0  # type: ignore[operator]
+            ref = "GST" if gst is not None else "HCF"
+            notes.append(
+                f"no sweep width in file (no GSI/HSW): assumed HSW = 50 G from {ref} "
+                "(EasySpin eprload behaviour)"
+            )
+        else:
+            raise _err(
+                par, "no field range (GST/GSI, HCF/HSW or XXLB/XXWI); expected a field sweep"
+            )
+        if "JUN" in meta:
+            factor = _field_factor(par, meta["JUN"], "JUN")
+        elif from_xx and meta.get("XXUN", "").strip():
+            factor = _field_factor(par, meta["XXUN"], "XXUN")
+        else:
+            factor = 1.0
+            notes.append("no JUN in .par: field assumed to be in gauss")
+        self.axis = np.linspace(start, start + width, nx) * factor  # type: ignore[operator]
 
-    freq = _float(meta.get("MF"))
-    return _make(
-        spc,
-        fmt,
-        axis,
-        values,
-        meta,
-        notes,
-        frequency_ghz=freq,
-        modulation_amplitude_g=_float(meta.get("RMA")),
-        power_mw=_float(meta.get("MP")),
-        title=meta.get("TITL") or meta.get("JCO"),
-    )
+        self.y_values = None
+        if two_d:
+            xylb, xywi = _float(meta.get("XYLB")), _float(meta.get("XYWI"))
+            if xylb is not None and xywi is not None:
+                self.y_values = np.linspace(xylb, xylb + xywi, ny)
+
+    def slice(self, index: int | None) -> Spectrum:
+        n, meta = self.n_slices, self.meta
+        if index is None:
+            if n > 1:
+                raise _err(
+                    self.par,
+                    f"file holds {n} slices (2D); pass slice_index=0..{n - 1} or use read_all_slices",
+                )
+            index = 0
+        if not isinstance(index, (int, np.integer)) or not -n <= index < n:
+            raise _err(self.par, f"slice_index {index!r} out of range; file has {n} slice(s)")
+        index = int(index) % n
+        notes = list(self.notes)
+        out_meta = dict(meta)
+        power = _float(meta.get("MP"))
+        if n > 1:
+            out_meta["slice_index"] = str(index)
+            out_meta["n_slices"] = str(n)
+            desc = f"slice {index} of {n}"
+            if self.y_values is not None:
+                y = float(self.y_values[index])
+                name = meta.get("JEY", "y").strip() or "y"
+                unit = meta.get("XYUN", "").strip()
+                out_meta["slice_y_value"] = repr(y)
+                out_meta["slice_y_unit"] = unit
+                desc += f" ({name} = {y:g} {unit})".rstrip()
+                if unit.lower() in _POWER_UNITS:
+                    power = y * _POWER_UNITS[unit.lower()]
+            notes.append(desc)
+        return _make(
+            self.spc,
+            self.fmt,
+            self.axis,
+            self.data[index],
+            out_meta,
+            notes,
+            frequency_ghz=_float(meta.get("MF")),
+            modulation_amplitude_g=_float(meta.get("RMA")),
+            power_mw=power,
+            title=meta.get("TITL") or meta.get("JCO"),
+        )
 
 
 # --------------------------------------------------------------------------- #
@@ -623,95 +742,266 @@ def _unit_in(text: str) -> str | None:
     return None
 
 
-def _read_text(path: Path) -> Spectrum:
-    lines = _read_text_lines(path, "a text export (columns of numbers)")
-    header: list[str] = []
-    rows: list[list[float]] = []
-    first_row_line = 0
-    for lineno, line in enumerate(lines, start=1):
+# units that say a column is not a magnetic field (time, frequency, power, angle, ...)
+_NON_FIELD_UNITS = {
+    "s", "ms", "us", "µs", "μs", "ns", "ps", "min", "h",
+    "hz", "khz", "mhz", "ghz", "db", "deg", "°", "rad", "k", "w", "mw", "uw", "µw", "μw",
+}  # fmt: skip
+_BRACKET_RE = re.compile(r"\[([^\]]*)\]|\(([^)]*)\)")
+
+
+def _non_field_unit(name: str) -> str | None:
+    """A bracketed unit in a column name that is clearly not a field unit, else None."""
+    for m in _BRACKET_RE.finditer(name):
+        unit = (m.group(1) if m.group(1) is not None else m.group(2)).strip()
+        if unit.lower() in _NON_FIELD_UNITS:
+            return unit
+    return None
+
+
+_DECIMAL_COMMA_TOKEN = re.compile(r"^[-+]?(?:\d+(?:,\d+)?|,\d+)(?:[eE][-+]?\d+)?$")
+_DECIMAL_COMMA_SPLIT = re.compile(r"[;\t ]+")
+
+
+def _uses_decimal_comma(lines: list[str]) -> bool:
+    """True when every data-looking line is ';'/tab/space separated numbers with decimal commas."""
+    seen_comma = False
+    n_rows = 0
+    for line in lines:
         s = line.strip()
-        if not s:
+        if not s or s.startswith(("#", "%", "//")):
             continue
-        if s.startswith(("#", "%", "//")):
-            if not rows:
-                header.append(s.lstrip("#%/ "))
+        tokens = [t for t in _DECIMAL_COMMA_SPLIT.split(s) if t]
+        if len(tokens) >= 2 and all(_DECIMAL_COMMA_TOKEN.match(t) for t in tokens):
+            seen_comma = seen_comma or "," in s
+            n_rows += 1
             continue
-        tokens = [t for t in _SPLIT_RE.split(s) if t]
-        try:
-            numbers = [float(t) for t in tokens]
+        try:  # a row of numbers in the usual convention: not a decimal-comma file
+            [float(t) for t in _SPLIT_RE.split(s) if t]
         except ValueError:
-            if rows:
+            continue  # header or other text
+        return False
+    return seen_comma and n_rows >= 2
+
+
+def _column_names(header: list[str], ncol: int) -> list[str] | None:
+    """Names of the columns from the last header line, if it splits into ``ncol`` names."""
+    if not header:
+        return None
+    names = [n.strip() for n in re.split(r"\t|,|;|\s{2,}", header[-1]) if n.strip()]
+    return names if len(names) == ncol else None
+
+
+class _Text:
+    """A text export: one table, or several blocks (WinEPR 2D export: 'Slice N' + header each).
+
+    A 2D table with a slice column (field repeating, a y column constant per sweep) is split
+    into slices as well.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        lines = _read_text_lines(path, "a text export (columns of numbers)")
+        self.decimal_comma = _uses_decimal_comma(lines)
+        split_re = _DECIMAL_COMMA_SPLIT if self.decimal_comma else _SPLIT_RE
+        blocks: list[tuple[list[str], list[list[float]]]] = []
+        header: list[str] = []
+        rows: list[list[float]] = []
+        first_row_line = 0
+        after_data: tuple[int, str] | None = None  # first text line after a block of rows
+        for lineno, line in enumerate(lines, start=1):
+            s = line.strip()
+            if not s:
+                continue
+            if s.startswith(("#", "%", "//")):
+                if not rows:
+                    header.append(s.lstrip("#%/ "))
+                continue
+            tokens = [t for t in split_re.split(s) if t]
+            if self.decimal_comma:
+                tokens = [t.replace(",", ".") for t in tokens]
+            try:
+                numbers = [float(t) for t in tokens]
+            except ValueError:
+                if rows:  # text after data: a new block starts (or a trailer, checked below)
+                    blocks.append((header, rows))
+                    header, rows = [], []
+                    after_data = (lineno, s)
+                header.append(s)
+                continue
+            ncol_ref = len(rows[0]) if rows else (len(blocks[0][1][0]) if blocks else None)
+            if ncol_ref is not None and len(numbers) != ncol_ref:
                 raise _err(
                     path,
-                    f"line {lineno} is not numeric ({s[:40]!r}); expected only data rows after the header",
-                ) from None
-            header.append(s)
-            continue
-        if rows and len(numbers) != len(rows[0]):
+                    f"line {lineno} has {len(numbers)} columns but line {first_row_line} has "
+                    f"{ncol_ref}; expected a rectangular table",
+                )
+            if not rows and not blocks:
+                first_row_line = lineno
+            rows.append(numbers)
+        if rows:
+            blocks.append((header, rows))
+        elif blocks and after_data is not None:
+            lineno, s = after_data
             raise _err(
                 path,
-                f"line {lineno} has {len(numbers)} columns but line {first_row_line} has "
-                f"{len(rows[0])}; expected a rectangular table",
+                f"line {lineno} is not numeric ({s[:40]!r}); expected only data rows after the header",
             )
-        if not rows:
-            first_row_line = lineno
-        rows.append(numbers)
-    if not rows:
-        raise _err(
-            path,
-            "no numeric data rows found; expected 2 (field, intensity) or 3 (index, field, intensity) columns",
-        )
-    table = np.asarray(rows, dtype=np.float64)
-    ncol = table.shape[1]
-    notes: list[str] = []
-    if ncol == 2:
-        fcol, icol = 0, 1
-    elif ncol >= 3:
-        first = table[:, 0]
-        looks_index = (
-            np.all(first == np.round(first)) and first.size > 1 and np.all(np.diff(first) == 1)
-        )
-        named_index = bool(header) and "index" in header[-1].lower()
-        if looks_index or named_index:
-            fcol, icol = 1, 2
-        else:
-            fcol, icol = 0, 1
-            notes.append(
-                f"{ncol} columns without an index column: columns 1 and 2 used as field, intensity"
+        if not blocks:
+            raise _err(
+                path,
+                "no numeric data rows found; expected 2 (field, intensity) or 3 (index, field, "
+                "intensity) columns",
             )
-        if ncol > 3 or fcol == 0:
-            notes.append(f"extra columns ignored ({ncol} columns in file)")
-    else:
-        raise _err(
-            path,
-            "only 1 numeric column; expected 2 (field, intensity) or 3 (index, field, intensity)",
-        )
-    if table.shape[0] < 2:
-        raise _err(path, "only 1 data row; expected a sweep of at least 2 points")
+        self.notes: list[str] = []
+        if self.decimal_comma:
+            self.notes.append("decimal commas read as decimal points")
+        self._choose_columns(blocks)
 
-    unit = None
-    if header:
-        # unit of the field column's header name if the header splits like the data
-        names = re.split(r"\t|,|;|\s{2,}", header[-1])
-        names = [n for n in names if n.strip()]
-        if len(names) == ncol:
+    def _choose_columns(self, blocks: list[tuple[list[str], list[list[float]]]]) -> None:
+        path, notes = self.path, self.notes
+        header = blocks[0][0]
+        first_table = np.asarray(blocks[0][1], dtype=np.float64)
+        ncol = first_table.shape[1]
+        if ncol < 2:
+            raise _err(
+                path,
+                "only 1 numeric column; expected 2 (field, intensity) or 3 (index, field, intensity)",
+            )
+        names = _column_names(header, ncol)
+        fcol = icol = None
+        if names is not None:
+            lower = [n.lower() for n in names]
+            by_unit = [i for i, n in enumerate(names) if _unit_in(n)]
+            by_name = [i for i, n in enumerate(lower) if "field" in n or n.startswith("b ")]
+            field_cands = by_unit or by_name
+            int_cands = [i for i, n in enumerate(lower) if "intens" in n or "signal" in n]
+            if len(field_cands) == 1:
+                fcol = field_cands[0]
+                rest = [i for i in int_cands if i != fcol]
+                if rest:
+                    icol = rest[0]
+                    if len(rest) > 1:
+                        notes.append(f"several intensity columns: {names[icol]!r} used")
+                elif ncol == 2:
+                    icol = 1 - fcol
+                elif fcol + 1 < ncol:
+                    icol = fcol + 1
+                    notes.append(
+                        f"no intensity column named: column {icol + 1} ({names[icol]!r}) used"
+                    )
+        if fcol is None or icol is None:
+            if ncol == 2:
+                fcol, icol = 0, 1
+            else:
+                col0 = first_table[:, 0]
+                looks_index = (
+                    np.all(col0 == np.round(col0)) and col0.size > 1 and np.all(np.diff(col0) == 1)
+                )
+                named_index = bool(header) and "index" in header[-1].lower()
+                if looks_index or named_index:
+                    fcol, icol = 1, 2
+                else:
+                    fcol, icol = 0, 1
+                    notes.append(
+                        f"{ncol} columns without an index column: columns 1 and 2 used as "
+                        "field, intensity"
+                    )
+                if ncol > 3 or fcol == 0:
+                    notes.append(f"extra columns ignored ({ncol} columns in file)")
+
+        unit = None
+        if names is not None:
             unit = _unit_in(names[fcol])
-        if unit is None:
+            other = _non_field_unit(names[fcol]) if unit is None else None
+            if other is not None:
+                raise _err(
+                    path,
+                    f"column {fcol + 1} ({names[fcol]!r}) has unit {other!r}, not a "
+                    "magnetic field; expected a field sweep (field column in G, mT or T)",
+                )
+        if unit is None and header:
             unit = _unit_in("\n".join(header))
-    if unit is None:
-        unit = "G"
-        notes.append("no field unit in header: gauss assumed")
-    factor = _field_factor(path, unit, "field unit")
-    meta = {"header": "\n".join(header), "field_unit": unit, "columns": str(ncol)}
-    return _make(
-        path,
-        "text",
-        table[:, fcol] * factor,
-        table[:, icol],
-        meta,
-        notes,
-        frequency_ghz=None,
-        modulation_amplitude_g=None,
-        power_mw=None,
-        title=None,
-    )
+        if unit is None:
+            unit = "G"
+            notes.append("no field unit in header: gauss assumed")
+        self.unit = unit
+        self.factor = _field_factor(path, unit, "field unit")
+        self.fcol, self.icol, self.ncol, self.names = fcol, icol, ncol, names
+
+        # a third, non-index column that is constant along each sweep: the slice (y) axis
+        ycol = None
+        if ncol >= 3:
+            others = [c for c in range(ncol) if c not in (fcol, icol)]
+            col0 = first_table[:, 0]
+            if 0 in others and col0.size > 1 and np.all(np.diff(col0) == 1):
+                others.remove(0)  # index column
+            if len(others) == 1:
+                ycol = others[0]
+        self.ycol = ycol
+
+        # slices: (header lines, table)
+        slices: list[tuple[list[str], np.ndarray]] = []
+        for head, rows in blocks:
+            table = np.asarray(rows, dtype=np.float64)
+            if ycol is not None and len(blocks) == 1 and table.shape[0] > 2:
+                y = table[:, ycol]
+                cuts = np.flatnonzero(np.diff(y) != 0) + 1
+                parts = np.split(table, cuts)
+                same_sweep = (
+                    len(parts) > 1
+                    and len({part.shape[0] for part in parts}) == 1
+                    and parts[0].shape[0] >= 3
+                    and all(np.allclose(q[:, fcol], parts[0][:, fcol]) for q in parts)
+                )
+                if same_sweep:
+                    slices.extend((head, part) for part in parts)
+                    continue
+            slices.append((head, table))
+        for _, table in slices:
+            if table.shape[0] < 2:
+                raise _err(path, "only 1 data row; expected a sweep of at least 2 points")
+        self.slices = slices
+        self.n_slices = len(slices)
+
+    def slice(self, index: int | None) -> Spectrum:
+        n = self.n_slices
+        if index is None:
+            if n > 1:
+                raise _err(
+                    self.path,
+                    f"file holds {n} slices (2D); pass slice_index=0..{n - 1} or use read_all_slices",
+                )
+            index = 0
+        if not isinstance(index, (int, np.integer)) or not -n <= index < n:
+            raise _err(self.path, f"slice_index {index!r} out of range; file has {n} slice(s)")
+        index = int(index) % n
+        head, table = self.slices[index]
+        notes = list(self.notes)
+        meta = {
+            "header": "\n".join(head),
+            "field_unit": self.unit,
+            "columns": str(self.ncol),
+        }
+        if n > 1:
+            meta["slice_index"] = str(index)
+            meta["n_slices"] = str(n)
+            desc = f"slice {index} of {n}"
+            if self.ycol is not None:
+                y = float(table[0, self.ycol])
+                name = self.names[self.ycol] if self.names else f"column {self.ycol + 1}"
+                meta["slice_y_value"] = repr(y)
+                desc += f" ({name} = {y:g})"
+            notes.append(desc)
+        return _make(
+            self.path,
+            "text",
+            table[:, self.fcol] * self.factor,
+            table[:, self.icol],
+            meta,
+            notes,
+            frequency_ghz=None,
+            modulation_amplitude_g=None,
+            power_mw=None,
+            title=None,
+        )

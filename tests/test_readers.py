@@ -483,3 +483,135 @@ def test_text_errors(tmp_path, content, expect):
     with pytest.raises(SpectrumFileError) as exc:
         read_spectrum(path)
     assert expect in _one_line(exc) and str(exc.value).startswith("bad.txt:")
+
+
+# --------------------------------------------------------------------------- formats seen in real exports
+def test_esp_2d_slices_and_time_sweep_refused(tmp_path):
+    par = (
+        "DOS  Format\rANZ 12\rJSS 4096\rSSX 4\rSSY 3\rXXLB 3400.0\rXXWI 30.0\rXYLB 10.0\r"
+        "XYWI 20.0\rXXUN G\rXYUN mW\rJEX field-sweep\rJEY mw-power-sweep\rMF  9.5\r"
+    )
+    (tmp_path / "d.par").write_bytes(par.encode())
+    y = np.arange(12, dtype=np.float64).reshape(3, 4)
+    (tmp_path / "d.spc").write_bytes(y.astype("<f4").tobytes())
+    slices = read_all_slices(tmp_path / "d.spc")
+    assert len(slices) == 3
+    assert np.array_equal(slices[2].intensity, y[2])
+    assert np.array_equal(slices[0].field, [3400.0, 3410.0, 3420.0, 3430.0])
+    assert [s.power_mw for s in slices] == [10.0, 20.0, 30.0]  # y axis in mW
+    assert slices[1].notes[-1] == "slice 1 of 3 (mw-power-sweep = 20 mW)"
+    with pytest.raises(SpectrumFileError) as exc:
+        read_spectrum(tmp_path / "d.par", slice_index=None)
+    assert "3 slices" in _one_line(exc)
+    (tmp_path / "d.spc").write_bytes(y[:2].astype("<f4").tobytes())
+    with pytest.raises(SpectrumFileError) as exc:
+        read_spectrum(tmp_path / "d.par")
+    assert "SSX=4, SSY=3" in _one_line(exc) and "needs 48" in str(exc.value)
+    (tmp_path / "t.par").write_text("DOS  Format\nANZ 4\nJSS 0\nJEX time-sweep\nRCT 10\n")
+    (tmp_path / "t.spc").write_bytes(np.zeros(4, "<f4").tobytes())
+    with pytest.raises(SpectrumFileError) as exc:
+        read_spectrum(tmp_path / "t.spc")
+    assert "time-sweep" in _one_line(exc) and "not a magnetic-field sweep" in str(exc.value)
+
+
+def test_bes3t_field_on_y_axis_refused_with_hint(tmp_path):
+    path = _write_bes3t(
+        tmp_path, "tf", np.zeros(8, ">f8"), XPTS="4", XUNI="'s'", XNAM="'Time'",
+        YTYP="IDX", YPTS="2", YMIN="3400", YWID="10", YUNI="'G'",
+    )  # fmt: skip
+    with pytest.raises(SpectrumFileError) as exc:
+        read_spectrum(path)
+    msg = _one_line(exc)
+    assert "'Time'" in msg and "XUNI='s'" in msg and "field is the y axis" in msg
+
+
+def test_text_winepr_2d_export_slices(tmp_path):
+    """WinEPR's ASCII export of a 2D file: a 'Slice N' block with its own header per sweep."""
+    lines = ["Filename:\tC:\\data\\x.par\t Date: 08/02/2011   Time: 09:50", ""]
+    for k in range(3):
+        lines += [f"Slice {k + 1}", "X [G]\tY []\tIntensity"]
+        lines += [
+            f"{3449.169922 + 0.05 * i:.6f}\t{k:.6f}\t{100.0 * (k + 1) + i:.6f}" for i in range(5)
+        ]
+        lines += ["", ""]
+    path = tmp_path / "w2d.asc"
+    path.write_bytes("\r\n".join(lines).encode())
+    slices = read_all_slices(path)
+    assert len(slices) == 3
+    assert np.array_equal(
+        slices[1].intensity, [200.0, 201.0, 202.0, 203.0, 204.0]
+    )  # not the Y column
+    assert slices[2].field[0] == pytest.approx(3449.169922)
+    assert slices[2].metadata["slice_y_value"] == "2.0"
+    assert np.array_equal(read_spectrum(path).intensity, slices[0].intensity)
+
+
+def test_text_long_2d_table_split_by_y_column(tmp_path):
+    rows = ["Index\tField [mT]\tTime [s]\tIntensity []"]
+    rows += [
+        f"{k * 4 + i}\t{340 + i}\t{10.0 * k}\t{1000 * k + i}" for k in range(3) for i in range(4)
+    ]
+    path = tmp_path / "long2d.txt"
+    path.write_text("\n".join(rows) + "\n")
+    slices = read_all_slices(path)
+    assert len(slices) == 3 and all(s.n_points == 4 for s in slices)
+    assert np.array_equal(slices[2].field, [3400.0, 3410.0, 3420.0, 3430.0])
+    assert np.array_equal(slices[2].intensity, [2000.0, 2001.0, 2002.0, 2003.0])
+    assert "Time [s] = 20" in slices[2].notes[-1]
+
+
+def test_text_named_columns_and_no_false_slicing(tmp_path):
+    path = tmp_path / "reim.csv"
+    path.write_text("Field [G],Intensity_Real,Intensity_Imag\n3400,1,5\n3401,2,6\n3402,3,7\n")
+    s = read_spectrum(path)
+    assert np.array_equal(s.intensity, [1.0, 2.0, 3.0])
+    assert len(read_all_slices(path)) == 1
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "Feld [mT];Intensität\n340,05;1,5e-3\n340,10;-2,0E-3\n",
+        "340,05\t1,5e-3\n340,10\t-2,0E-3\n",
+        "Date 08/02/2011, 12:00\nB [mT]\tdI/dB\n340,05\t1,5e-3\n340,10\t-2,0E-3\n",
+    ],
+)
+def test_text_decimal_comma(tmp_path, content):
+    path = tmp_path / "dc.txt"
+    path.write_bytes(content.encode("latin-1"))
+    s = read_spectrum(path)
+    assert s.field[0] == pytest.approx(3400.5 if "mT" in content else 340.05)
+    assert np.array_equal(s.intensity, [1.5e-3, -2.0e-3])
+    assert "decimal commas read as decimal points" in s.notes
+
+
+def test_text_comma_space_csv_is_not_decimal_comma(tmp_path):
+    path = tmp_path / "cs.csv"
+    path.write_text("3400, 1\n3401, 2\n")
+    s = read_spectrum(path)
+    assert np.array_equal(s.field, [3400.0, 3401.0]) and np.array_equal(s.intensity, [1.0, 2.0])
+    assert not any("decimal" in n for n in s.notes)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_text_bom_and_utf16(tmp_path, encoding):
+    path = tmp_path / "bom.txt"
+    path.write_bytes("3400\t1\n3401\t2\n3402\t3\n".encode(encoding))
+    s = read_spectrum(path)
+    assert s.n_points == 3 and np.array_equal(s.field, [3400.0, 3401.0, 3402.0])
+
+
+def test_winepr_par_with_bom(tmp_path):
+    par = "\ufeffDOS  Format\r\nANZ 4\r\nGST 3300\r\nGSI 30\r\nJUN G\r\n"
+    (tmp_path / "b.par").write_bytes(par.encode("utf-8"))
+    (tmp_path / "b.spc").write_bytes(np.arange(4, dtype="<f4").tobytes())
+    s = read_spectrum(tmp_path / "b.par")
+    assert s.source_format == "WinEPR" and np.array_equal(s.intensity, [0.0, 1.0, 2.0, 3.0])
+
+
+def test_text_time_column_refused(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("Time [us]\tIntensity\n0\t1\n1\t2\n")
+    with pytest.raises(SpectrumFileError) as exc:
+        read_spectrum(path)
+    assert "'us'" in _one_line(exc) and "not a magnetic field" in str(exc.value)

@@ -16,12 +16,14 @@ own loss under the regime's precision, backward, gradient clipping, optimizer st
 A round ends at the first step that finishes past its time, so rounds overrun by up to
 one step; throughput and the curves use the measured times. CUDA is synchronised at
 round boundaries only (as in ``fit``, steps overlap with the next fetch). The
-learning-rate scheduler is not stepped (it reacts to epoch-level validation in
-``fit``; the bench keeps each regime's configured learning rate). Time to a target
+learning rate follows a configured `CosineBudget` (stepped every step, decaying over
+the regime's own total training time); other schedulers are not stepped (they react
+to epoch-level validation in ``fit``). Time to a target
 is resolved to one round. A regime with DataLoader workers keeps its iterator across
 rounds, so its workers prefetch a couple of batches while another regime trains.
 
-Then each trained model (and ``--ckpt``) is timed for inference: batched spectra/s and
+Then each trained model (and ``--ckpt``) is timed for inference as `infer` runs it
+(eval mode, batch norm folded into the convolutions): batched spectra/s and
 single-spectrum latency, eager and TorchScript-traced.
 """
 
@@ -258,6 +260,7 @@ class Regime:
     dm: Any
     loader: Any
     optimizer: torch.optim.Optimizer
+    scheduler: Any
     device: torch.device
     precision: str
     requested_precision: str
@@ -332,6 +335,18 @@ def _optimizer_from(out: Any) -> torch.optim.Optimizer:
     raise BenchError(f"configure_optimizers returned no optimizer ({type(out).__name__})")
 
 
+def _scheduler_from(out: Any):
+    """The step-interval `CosineBudget` of `configure_optimizers`' output, if any."""
+    from .schedule import CosineBudget
+
+    if isinstance(out, dict):
+        cfg = out.get("lr_scheduler")
+        sched = cfg.get("scheduler") if isinstance(cfg, dict) else cfg
+        if isinstance(sched, CosineBudget):
+            return sched
+    return None
+
+
 def build_regime(name: str, files: list[Path], overrides: list[str]) -> Regime:
     from .cli import DEFAULT_CONFIG, DysonianCLI
     from .data import SpectraDataModule
@@ -392,7 +407,9 @@ def build_regime(name: str, files: list[Path], overrides: list[str]) -> Regime:
     dm.prepare_data()
     dm.setup("fit")
     loader = dm.train_dataloader()
-    optimizer = _optimizer_from(model.configure_optimizers())
+    configured = model.configure_optimizers()
+    optimizer = _optimizer_from(configured)
+    scheduler = _scheduler_from(configured)
 
     opt_cfg = cfg.optimizer
     init = dict(opt_cfg.init_args) if opt_cfg and opt_cfg.init_args else {}
@@ -416,7 +433,11 @@ def build_regime(name: str, files: list[Path], overrides: list[str]) -> Regime:
         "weight_decay": group.get("weight_decay"),
         "betas": list(group["betas"]) if "betas" in group else None,
         "optimizer_init_args": {k: _plain(v) for k, v in init.items()},
-        "lr_scheduler": "not stepped",
+        "lr_scheduler": (
+            "CosineBudget over the regime's training time"
+            if scheduler is not None
+            else "not stepped"
+        ),
         "arch": model.hparams["arch"],
         "width": model.hparams["width"],
         "dropout": model.hparams["dropout"],
@@ -433,6 +454,7 @@ def build_regime(name: str, files: list[Path], overrides: list[str]) -> Regime:
         dm=dm,
         loader=loader,
         optimizer=optimizer,
+        scheduler=scheduler,
         device=device,
         precision=precision,
         requested_precision=str(cli.requested_precision),
@@ -490,6 +512,9 @@ def train_round(reg: Regime, seconds: float) -> dict[str, Any]:
     )
     params = [p for p in model.parameters() if p.requires_grad]
     non_blocking = reg.pinned and cuda
+    sched = reg.scheduler
+    if sched is not None:
+        sched._t_last = None  # the time other regimes trained in between is not ours
     steps = samples = 0
     wait = 0.0
     loss_sum = torch.zeros((), device=dev)
@@ -518,6 +543,8 @@ def train_round(reg: Regime, seconds: float) -> dict[str, Any]:
             reg.scaler.update()
         else:
             opt.step()
+        if sched is not None:
+            sched.step()
         loss_sum += loss.detach().float()
         steps += 1
         samples += len(x)
@@ -926,6 +953,9 @@ def _bench(a: argparse.Namespace, argv: list[str]) -> int:
             f"on {first.device}",
             file=sys.stderr,
         )
+        for reg in regimes.values():  # a CosineBudget decays over each regime's own time
+            if reg.scheduler is not None:
+                reg.scheduler.max_time_s, reg.scheduler.max_steps = n_rounds * round_s, None
         cum = {n: 0.0 for n in regimes}
         cum_samples = {n: 0 for n in regimes}
         for r in range(n_rounds):
@@ -987,7 +1017,7 @@ def _bench(a: argparse.Namespace, argv: list[str]) -> int:
                 "train": summarise(reg, names, target, target2),
                 "rounds": reg.rounds,
                 "inference": bench_inference(
-                    reg.model.net,
+                    reg.model.eval().prediction_network(),
                     x_inf,
                     reg.device,
                     batch=a.infer_batch,
@@ -1008,7 +1038,11 @@ def _bench(a: argparse.Namespace, argv: list[str]) -> int:
                 entry["mae"] = "n/a (checkpoint trained for a different simulation config)"
                 x_ck = simulate(model.sim, seed, INFER_INDEX_OFFSET + np.arange(a.infer_n))[0]
             entry["inference"] = bench_inference(
-                model.net, x_ck, first.device, batch=a.infer_batch, calls=a.latency_calls
+                model.eval().prediction_network(),
+                x_ck,
+                first.device,
+                batch=a.infer_batch,
+                calls=a.latency_calls,
             )
             report["checkpoint"] = entry
         if a.simulator:

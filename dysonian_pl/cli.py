@@ -12,15 +12,17 @@ import sys
 import warnings
 from pathlib import Path
 
+import lightning as L
 import torch
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Timer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .atomic import AtomicCheckpointIO
 from .callbacks import PerformanceMonitor, ResumableCheckpoint
 from .data import SpectraDataModule
 from .module import DysonianRegressor
+from .schedule import CosineBudget
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -198,6 +200,15 @@ class DysonianCLI(LightningCLI):
     @staticmethod
     def configure_optimizers(lightning_module, optimizer, lr_scheduler=None):
         lightning_module.scale_learning_rate(optimizer)
+        if isinstance(lr_scheduler, CosineBudget):
+            trainer = lightning_module._trainer
+            if trainer is not None:  # (bench builds models without fitting them)
+                lr_scheduler.bind(_max_time_s(trainer), trainer.estimated_stepping_batches)
+            lr_scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step"},
+            }
         return LightningCLI.configure_optimizers(lightning_module, optimizer, lr_scheduler)
 
     def instantiate_trainer(self, **kwargs):
@@ -223,6 +234,14 @@ class DysonianCLI(LightningCLI):
         self.trainer.test(
             self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=False
         )
+
+
+def _max_time_s(trainer: L.Trainer) -> float | None:
+    """The trainer's `max_time` in seconds (None when it has none)."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, Timer):
+            return callback._duration
+    return None
 
 
 def _trainer_main(args: list[str] | None) -> DysonianCLI:

@@ -91,8 +91,11 @@ def evaluate_set(model, cfg: SimulationConfig, n: int, seed: int) -> dict:
 def _table(results: dict, names: tuple[str, ...]) -> str:
     has_sigma = any("cover1" in r for r in results.values() if isinstance(r, dict))
     head = "| set | n | " + " | ".join(f"MAE {n}" for n in names) + " | published MAE (B0, dB, p) |"
+    has_ref = any("ratio" in r for r in results.values() if isinstance(r, dict))
     if has_sigma:
         head += " within 1 sigma (B0, dB, p) | within 2 sigma (B0, dB, p) |"
+    if has_ref:
+        head += " per-set model MAE (B0, dB, p) | ratio to it (B0, dB, p) |"
     rows = [head, "|" + " --- |" * (head.count("|") - 1)]
     for name, r in results.items():
         if "skipped" in r:
@@ -104,6 +107,13 @@ def _table(results: dict, names: tuple[str, ...]) -> str:
         if "cover1" in r:
             row += " " + ", ".join(f"{v:.3f}" for v in r["cover1"]) + " | "
             row += ", ".join(f"{v:.3f}" for v in r["cover2"]) + " |"
+        elif has_sigma:
+            row += " - | - |"
+        if "ratio" in r:
+            row += " " + ", ".join(f"{v:.4g}" for v in r["reference"]["mae"]) + " | "
+            row += ", ".join(f"{v:.2f}" for v in r["ratio"]) + " |"
+        elif has_ref:
+            row += " - | - |"
         rows.append(row)
     return "\n".join(rows)
 
@@ -141,12 +151,31 @@ def main(argv: list[str] | None = None) -> int:
         default=list(SETS),
         help="presets to evaluate (default: set-1 .. set-6)",
     )
+    ap.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="SET=CKPT",
+        help="a model trained for that set alone (repeatable): adds its MAE on the same "
+        "spectra and the ratio of --ckpt's MAE to it",
+    )
     ap.add_argument("--n", type=int, default=2000, help="spectra per set (default 2000)")
     ap.add_argument("--seed", type=int, default=12345, help="simulation seed (default 12345)")
     ap.add_argument(
         "--out", default="sets_eval", help="output folder for sets.md, sets.json, reliability.png"
     )
     args = ap.parse_args(argv)
+    references: dict[str, str] = {}
+    for item in args.reference:
+        name, sep, path = item.partition("=")
+        if not sep or name not in PRESETS or not path:
+            print(
+                f"error: --reference: expected SET=CKPT with SET one of {', '.join(SETS)} "
+                f"(got {item!r})",
+                file=sys.stderr,
+            )
+            return 2
+        references[name] = path
     model = load_model(args.ckpt)
     results: dict = {}
     for name in args.sets:
@@ -160,6 +189,17 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = (
             {"skipped": why} if why else evaluate_set(model, PRESETS[name], args.n, args.seed)
         )
+    for name, path in references.items():
+        if name not in results or "skipped" in results[name]:
+            continue
+        ref = load_model(path)
+        why = _readable(ref.sim, PRESETS[name])
+        if why:
+            print(f"error: --reference {name}={path}: the model cannot read {why}", file=sys.stderr)
+            return 2
+        ref_mae = evaluate_set(ref, PRESETS[name], args.n, args.seed)["mae"]
+        results[name]["reference"] = {"ckpt": path, "mae": ref_mae}
+        results[name]["ratio"] = [a / b for a, b in zip(results[name]["mae"], ref_mae, strict=True)]
     out = Path(args.out)
     table = _table(results, model.names)
     print(table)

@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 #: Spectra per forward pass in `predict_arrays`.
-BATCH = 1024
+BATCH = 256
 #: Below this many spectra `predict_arrays` runs on one thread unless told otherwise.
 SMALL_BATCH = 64
 #: A prediction this close to an end of its training range (fraction of the span) is flagged.

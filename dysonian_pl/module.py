@@ -13,7 +13,7 @@ from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection, R2Score
 
 from . import __version__
-from .model import DysonNet
+from .model import DysonNet, fuse_for_inference
 from .params import ConfigError, SimulationConfig, unit_label
 
 LR_SCALINGS = ("linear", "sqrt", "none")
@@ -65,6 +65,7 @@ class DysonianRegressor(L.LightningModule):
             the CLI); its field window, points, geometry and ranges travel in the checkpoint.
         arch: network architecture, ``"fast"`` or ``"prior"``.
         width: base width of the fast network.
+        depth: residual blocks per stage of the fast network.
         dropout: dropout before the heads.
         loss_weights: per-target weights of the MSE on scaled targets (B0, dB, p).
         lr_scaling: how the configured learning rate scales with the number of training
@@ -80,11 +81,12 @@ class DysonianRegressor(L.LightningModule):
         self,
         sim: SimulationConfig | dict | None = None,
         arch: str = "fast",
-        width: int = 32,
+        width: int = 24,
         dropout: float = 0.1,
         loss_weights: tuple[float, float, float] = (1.0, 1.0, 2.0),
         lr_scaling: str = "linear",
         uncertainty: bool = False,
+        depth: int = 1,
     ) -> None:
         super().__init__()
         if sim is None:
@@ -112,11 +114,16 @@ class DysonianRegressor(L.LightningModule):
                 "loss_weights": list(loss_weights),
                 "lr_scaling": lr_scaling,
                 "uncertainty": uncertainty,
+                "depth": depth,
             }
         )
         self.uncertainty = uncertainty
         self.net = DysonNet(
-            arch=arch, width=width, dropout=dropout, n_outputs=6 if uncertainty else 3
+            arch=arch,
+            width=width,
+            dropout=dropout,
+            n_outputs=6 if uncertainty else 3,
+            depth=depth,
         )
         # sigma calibration factors (persistent: they travel in the checkpoint)
         self.register_buffer("sigma_scale", torch.ones(3, dtype=torch.float64))
@@ -142,10 +149,28 @@ class DysonianRegressor(L.LightningModule):
             return out, None
         return out[:, :3], out[:, 3:].clamp(-12.0, 3.0)
 
+    def prediction_network(self) -> nn.Module:
+        """The network for prediction: in eval mode, a copy with batch norm folded into the
+        convolutions, rebuilt after any `train()`/`eval()` switch, `load_state_dict`, or
+        in-place update of a weight or statistic (tensor version counters)."""
+        if self.training:
+            return self.net
+        tensors = [*self.net.parameters(), *self.net.buffers()]
+        key = tuple((t.data_ptr(), t._version, t.device) for t in tensors)
+        if getattr(self, "_fused_key", None) != key:
+            self._fused = [fuse_for_inference(self.net)]  # a list: not a registered submodule
+            self._fused_key = key
+        return self._fused[0]
+
+    def train(self, mode: bool = True):
+        self.__dict__.pop("_fused_key", None)
+        return super().train(mode)
+
     @torch.no_grad()
     def predict_physical(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised spectra -> (B0, dB, p) in physical units, float64."""
-        return self.scaler.unscale(self(x.to(self.device, torch.float32)))
+        out = self.prediction_network()(x.to(self.device, torch.float32))[:, :3]
+        return self.scaler.unscale(out)
 
     @torch.no_grad()
     def predict_with_sigma(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,7 +178,7 @@ class DysonianRegressor(L.LightningModule):
 
         The standard deviations are NaN for a model trained without ``uncertainty``.
         """
-        mean, log_sigma = self._split(self.net(x.to(self.device, torch.float32)))
+        mean, log_sigma = self._split(self.prediction_network()(x.to(self.device, torch.float32)))
         value = self.scaler.unscale(mean)
         if log_sigma is None:
             return value, torch.full_like(value, float("nan"))
@@ -310,6 +335,7 @@ class DysonianRegressor(L.LightningModule):
         """Checkpoints written before the sigma calibration buffer existed load with factors 1."""
         if "sigma_scale" not in state_dict:
             state_dict = {**state_dict, "sigma_scale": torch.ones(3, dtype=torch.float64)}
+        self.__dict__.pop("_fused_key", None)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

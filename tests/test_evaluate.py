@@ -46,3 +46,27 @@ def test_unknown_set_is_one_line_error(rel_ckpt: Path, tmp_path: Path, capsys) -
     assert main(["--ckpt", str(rel_ckpt), "--sets", "set-9", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --sets: unknown set 'set-9'") and "\n" not in err
+
+
+def test_reference_models_add_their_mae_and_the_ratio(rel_ckpt: Path, tmp_path: Path, capsys):
+    from conftest import train_tiny_checkpoint
+
+    from dysonian_pl.params import PRESETS
+
+    per_set = train_tiny_checkpoint(PRESETS["set-4"].replace(n_points=256), tmp_path / "set4.ckpt")
+    # a fixed-window model reads its own window only: the reference's points must match
+    args = ["--ckpt", str(rel_ckpt), "--sets", "set-4", "--n", "30", "--out", str(tmp_path)]
+    assert main([*args, "--reference", f"set-4={per_set}"]) == 2
+    assert "cannot read another window" in capsys.readouterr().err
+
+    per_set = train_tiny_checkpoint(PRESETS["set-4"], tmp_path / "set4-4096.ckpt")
+    assert main([*args, "--reference", f"set-4={per_set}"]) == 0
+    table = capsys.readouterr().out
+    assert "ratio to it (B0, dB, p)" in table
+    r = json.loads((tmp_path / "sets.json").read_text())["results"]["set-4"]
+    assert len(r["reference"]["mae"]) == 3
+    for a, b, q in zip(r["mae"], r["reference"]["mae"], r["ratio"], strict=True):
+        assert q == a / b
+
+    assert main([*args, "--reference", "set-9=x.ckpt"]) == 2
+    assert "expected SET=CKPT" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from dysonian_pl.model import DysonNet, count_parameters, input_channels
+from dysonian_pl.model import DysonNet, count_parameters, fuse_for_inference, input_channels
 from dysonian_pl.module import DysonianRegressor, TargetScaler
 from dysonian_pl.params import ConfigError, SimulationConfig
 
@@ -74,6 +74,7 @@ def test_input_channels() -> None:
         ({"width": 2}, r"width:? must be >= 4 \(got 2\)"),
         ({"dropout": 1.0}, r"dropout:? must be in \[0, 1\) \(got 1.0\)"),
         ({"dropout": -0.1}, r"dropout:? must be in \[0, 1\) \(got -0.1\)"),
+        ({"depth": 0}, r"depth:? must be in 1..8 \(got 0\)"),
     ],
 )
 def test_invalid_network_arguments(kwargs: dict, message: str) -> None:
@@ -103,7 +104,10 @@ def test_regressor_predicts_physical_units_and_checks_weights() -> None:
     assert phys.dtype == torch.float64 and phys.shape == (5, 3)
     with torch.no_grad():
         z = model(x)
-    torch.testing.assert_close(phys, z.double() * model.scaler.span + model.scaler.lo)
+    # prediction runs a copy with batch norm folded in: equal to float32 rounding
+    torch.testing.assert_close(
+        phys, z.double() * model.scaler.span + model.scaler.lo, rtol=1e-6, atol=1e-5
+    )
     # the loss is the weighted mean of squared scaled errors (weights 1, 1, 2)
     y = model.scaler.unscale(torch.zeros(5, 3)).float()
     zz = torch.tensor([[0.5, 0.0, 0.25]]).expand(5, 3)
@@ -112,3 +116,65 @@ def test_regressor_predicts_physical_units_and_checks_weights() -> None:
         DysonianRegressor(sim=sim, loss_weights=(1.0, -1.0, 2.0))
     wide = SimulationConfig(B0=(3000, 5000), dB=(1000, 3000), window=(0, 10000), n_points=256)
     assert DysonianRegressor(sim=wide, width=8).names == ("B0", "dB", "alpha")
+
+
+def _multiply_adds(net: torch.nn.Module, n_points: int) -> int:
+    """Multiply-adds of one forward pass over convolutions and linear layers."""
+    total = 0
+
+    def hook(mod, _inp, out):
+        nonlocal total
+        if isinstance(mod, (torch.nn.Conv1d, torch.nn.Conv2d)):
+            total += out[0].numel() * mod.weight[0].numel()
+        elif isinstance(mod, torch.nn.Linear):
+            total += mod.weight.numel()
+
+    handles = [m.register_forward_hook(hook) for m in net.modules()]
+    with torch.no_grad():
+        net.eval()(torch.randn(1, n_points))
+    for h in handles:
+        h.remove()
+    return total
+
+
+def test_default_fast_network_costs_a_small_fraction_of_the_prior_one() -> None:
+    fast, prior = _multiply_adds(DysonNet(), 4096), _multiply_adds(DysonNet("prior"), 4096)
+    # 7.5 M vs 454 M multiply-adds per 4096-point spectrum (docs/benchmarks.md)
+    assert 7.0e6 < fast < 8.0e6, fast
+    assert prior > 50 * fast, (prior, fast)
+    assert _multiply_adds(DysonNet(depth=2), 4096) > 1.5 * fast
+
+
+@pytest.mark.parametrize("n_points", [4096, 1000, 17])
+def test_fused_copy_predicts_what_the_trained_network_predicts(n_points: int) -> None:
+    torch.manual_seed(1)
+    net = DysonNet(width=8, depth=2, n_outputs=6)
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):  # move the batch-norm statistics off their defaults
+            net(torch.randn(16, n_points) * 2 + 1)
+    net.eval()
+    fused = fuse_for_inference(net)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    x = torch.randn(5, n_points)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), net(x), rtol=1e-4, atol=1e-5)
+
+
+def test_regressor_prediction_follows_weight_updates() -> None:
+    torch.manual_seed(2)
+    model = DysonianRegressor(sim=SimulationConfig(n_points=512), width=8).eval()
+    x = torch.randn(3, 512)
+    before = model.predict_physical(x)
+    with torch.no_grad():
+        model.net.heads[0].bias.add_(0.5)  # an in-place update, as an optimizer makes
+        reference = model.scaler.unscale(model(x))
+    after = model.predict_physical(x)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, reference, rtol=1e-6, atol=1e-6)
+    model.load_state_dict(DysonianRegressor(sim=model.sim, width=8).state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.predict_physical(x), model.scaler.unscale(model(x)), rtol=1e-6, atol=1e-6
+        )

@@ -8,11 +8,10 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_overrides
 
 from dysonian_pl import schedule
 from dysonian_pl.schedule import CosineBudget
-
-from conftest import tiny_overrides
 
 
 def _sched(**kw) -> tuple[torch.optim.Optimizer, CosineBudget]:

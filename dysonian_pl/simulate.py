@@ -180,16 +180,21 @@ def simulate(
     out = torch.empty(len(index), cfg.n_points, dtype=torch.float32)
     y = draw_targets(cfg, seed, index)
     for a in range(0, len(index), chunk):
-        out[a : a + chunk] = _simulate_chunk(cfg, seed, index[a : a + chunk], y[a : a + chunk])
+        _simulate_chunk(cfg, seed, index[a : a + chunk], y[a : a + chunk], out[a : a + chunk])
     return out, torch.from_numpy(y)
 
 
 def _simulate_chunk(
-    cfg: SimulationConfig, seed: int, index: np.ndarray, y: np.ndarray
+    cfg: SimulationConfig,
+    seed: int,
+    index: np.ndarray,
+    y: np.ndarray,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     aug = cfg.augment
     n = cfg.n_points
-    s = normalise(_clean_lines(cfg, seed, index, y))
+    s = _clean_lines(cfg, seed, index, y)
+    s = normalise(s, out=s)
 
     if aug.smooth_prob > 0:
         rows = np.flatnonzero(uniform(seed, index, _S_SMOOTH) < aug.smooth_prob)
@@ -228,7 +233,7 @@ def _simulate_chunk(
         if rows.size:
             s[rows] = s[rows] + _spikes(cfg, seed, index[rows])
 
-    return normalise(s, polarity=False)
+    return normalise(s, polarity=False, out=out)
 
 
 def _spikes(cfg: SimulationConfig, seed: int, index: np.ndarray) -> torch.Tensor:

@@ -2,20 +2,20 @@
 
 A kill at any moment leaves either the previous good file or the new complete one,
 never a half-written file under the real name.
+
+Lightning-free (the command-line tools import it); Lightning's checkpoint IO built on
+it, `AtomicCheckpointIO`, lives in `checkpoint_io` and is importable from here too
+(loaded on first use).
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 
 @contextlib.contextmanager
@@ -50,19 +50,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         fh.write(text)
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint IO that renames a complete, fsynced file into place.
+def __getattr__(name: str) -> Any:
+    # `from dysonian_pl.atomic import AtomicCheckpointIO` imports Lightning only then
+    if name == "AtomicCheckpointIO":
+        from .checkpoint_io import AtomicCheckpointIO
 
-    Lightning's own save writes through a temporary file in the system temp folder and
-    moves it, which is a copy (not atomic) when that folder is on another file system.
-    """
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path, storage_options: Any | None = None
-    ) -> None:
-        if storage_options is not None:
-            raise TypeError("AtomicCheckpointIO does not take storage_options")
-        buf = io.BytesIO()
-        torch.save(checkpoint, buf)
-        with atomic_open(path, "wb") as fh:
-            fh.write(buf.getbuffer())
+        return AtomicCheckpointIO
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

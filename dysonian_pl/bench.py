@@ -872,7 +872,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="also measure the simulator's spectra/s (8192 spectra, best of 3)")  # fmt: skip
     p.add_argument("--sim-n", type=int, default=8192, help=argparse.SUPPRESS)
     p.add_argument("--infer-n", type=int, default=4096, help="spectra for batched inference")
-    p.add_argument("--infer-batch", type=int, default=1024, help="batch for batched inference")
+    p.add_argument(
+        "--infer-batch", type=int, default=256, help="batch for batched inference (default 256)"
+    )
     p.add_argument("--latency-calls", type=int, default=200, help="batch-1 calls for latency")
     p.add_argument("--threads", type=int,
                    help="torch intra-op threads for this process (default: torch's own choice, "

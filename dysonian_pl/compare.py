@@ -189,12 +189,12 @@ def markdown(result: dict, title: str) -> str:
 # command line
 # --------------------------------------------------------------------------- #
 def _load_model(path: str):
+    """The checkpoint's model (`infer.load_model`: safe loading, no Lightning) and a predictor."""
     import torch
 
-    from .module import DysonianRegressor
+    from .infer import load_model
 
-    model = DysonianRegressor.load_from_checkpoint(path, map_location="cpu", weights_only=False)
-    model.eval()
+    model = load_model(path)
 
     def predictor(x: np.ndarray, batch: int = 256) -> np.ndarray:
         out = [

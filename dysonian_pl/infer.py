@@ -18,8 +18,9 @@ window, and its predictions are mapped back (`to_physical`). A model trained wit
 
 Checkpoints are read with ``torch.load(weights_only=True)`` (no unpickling of
 arbitrary objects); the model is rebuilt from the checkpoint's plain
-``hyper_parameters`` and ``state_dict``. A checkpoint holding other objects is
-refused unless ``trust=True`` (``--trust``).
+``hyper_parameters`` and ``state_dict`` as a `predictor.Predictor` (the trained
+network without Lightning, which this module never imports). A checkpoint holding
+other objects is refused unless ``trust=True`` (``--trust``).
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ import torch
 from . import __version__
 from .atomic import atomic_open
 from .lineshapes import dysonian, joshi
-from .module import CHECKPOINT_FORMAT, DysonianRegressor
 from .params import GEOMETRIES, PARAMETERS
+from .predictor import CHECKPOINT_FORMAT, Predictor
 from .preprocess import normalise, prepare_real
 from .readers import SpectrumFileError, read_spectrum
 from .simulate import field_axis
@@ -128,7 +129,7 @@ def default_checkpoint(geometry: str = "plate") -> str | None:
 
 
 def to_physical(
-    model: DysonianRegressor | Any,
+    model: Predictor | Any,
     values: np.ndarray,
     sigmas: np.ndarray | None,
     sweep: tuple[float, float] | None,
@@ -161,7 +162,7 @@ def to_physical(
 # --------------------------------------------------------------------------- #
 # checkpoints
 # --------------------------------------------------------------------------- #
-_MODEL_CACHE: dict[tuple, DysonianRegressor] = {}
+_MODEL_CACHE: dict[tuple, Predictor] = {}
 
 
 def _looks_like_torch_file(path: Path) -> bool:
@@ -233,12 +234,14 @@ def read_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> dict:
     return ckpt
 
 
-def load_model(ckpt_path: str | os.PathLike, *, trust: bool = False) -> DysonianRegressor:
-    """A `DysonianRegressor` in eval mode on the CPU, cached per file within the process.
+def load_model(ckpt_path: str | os.PathLike, *, trust: bool = False) -> Predictor:
+    """A `predictor.Predictor` in eval mode on the CPU, cached per file within the process.
 
-    The cache key includes the file's size and modification time, so a rewritten
-    checkpoint is read again. `model.checkpoint_meta` holds the checkpoint's
-    ``dysonian_pl`` section plus its resolved path.
+    It predicts exactly what the checkpoint's `module.DysonianRegressor` predicts
+    (`predict_physical`, `predict_with_sigma`), without importing Lightning. The cache
+    key includes the file's size and modification time, so a rewritten checkpoint is
+    read again. `model.checkpoint_meta` holds the checkpoint's ``dysonian_pl`` section
+    plus its resolved path.
     """
     p = Path(ckpt_path).expanduser()
     try:
@@ -250,13 +253,10 @@ def load_model(ckpt_path: str | os.PathLike, *, trust: bool = False) -> Dysonian
         return _MODEL_CACHE[key]
     ckpt = read_checkpoint(p, trust=trust)
     try:
-        model = DysonianRegressor(**ckpt["hyper_parameters"])
-        model.load_state_dict(ckpt["state_dict"])
+        model = Predictor.from_checkpoint(ckpt)
     except Exception as e:  # noqa: BLE001 - config or tensor-shape mismatches
         msg = " ".join(str(e).split())[:240]
         raise CheckpointError(f"checkpoint {p.name}: cannot rebuild the model ({msg})") from None
-    model.eval()
-    model.requires_grad_(False)
     model.checkpoint_meta = {**ckpt["dysonian_pl"], "path": str(p.resolve())}
     if key:
         _MODEL_CACHE[key] = model
@@ -267,7 +267,7 @@ def load_model(ckpt_path: str | os.PathLike, *, trust: bool = False) -> Dysonian
 # prediction
 # --------------------------------------------------------------------------- #
 def predict_arrays(
-    model: DysonianRegressor,
+    model: Predictor,
     spectra: np.ndarray,
     *,
     batch: int = BATCH,
@@ -323,7 +323,7 @@ def predict_arrays(
     return (out, sig) if return_sigma else out
 
 
-def model_line(model: DysonianRegressor, axis: np.ndarray, params: np.ndarray) -> np.ndarray:
+def model_line(model: Predictor, axis: np.ndarray, params: np.ndarray) -> np.ndarray:
     """The model's line for (B0, dB, third) on `axis`, polarity rule applied, peak-to-peak 1."""
     B0, dB, third = (float(v) for v in params)
     dB = max(dB, 1e-9)
@@ -345,7 +345,7 @@ class _Fit:
 
 
 def _reconstruct(
-    model: DysonianRegressor, axis: np.ndarray, prep, params: np.ndarray, covered: np.ndarray
+    model: Predictor, axis: np.ndarray, prep, params: np.ndarray, covered: np.ndarray
 ) -> _Fit:
     """Amplitude and straight baseline of the predicted line, fitted to the measured data.
 
@@ -403,7 +403,7 @@ def _pct(f: float) -> str:
 
 
 def _relative_range_warnings(
-    model: DysonianRegressor, params: np.ndarray, lo: float, hi: float
+    model: Predictor, params: np.ndarray, lo: float, hi: float
 ) -> list[str]:
     """Training-range warnings of a window-agnostic model, in fractions of the sweep.
 
@@ -453,7 +453,7 @@ def _relative_range_warnings(
 
 
 def _warnings_for(
-    model: DysonianRegressor,
+    model: Predictor,
     params: np.ndarray,
     prep,
     axis: np.ndarray,
@@ -650,7 +650,7 @@ def _nan_to_none(v: Any) -> Any:
     return v
 
 
-def _model_info(model: DysonianRegressor) -> dict:
+def _model_info(model: Predictor) -> dict:
     meta = getattr(model, "checkpoint_meta", {}) or {}
     sim = model.sim
     relative = bool(getattr(sim, "relative_window", False))
@@ -679,11 +679,11 @@ def _model_info(model: DysonianRegressor) -> dict:
     return info
 
 
-def _has_sigma(model: DysonianRegressor) -> bool:
+def _has_sigma(model: Predictor) -> bool:
     return bool(getattr(model, "uncertainty", False))
 
 
-def _columns(model: DysonianRegressor, polish: bool) -> list[str]:
+def _columns(model: Predictor, polish: bool) -> list[str]:
     cols = ["file", "path", "status", *model.names]
     if _has_sigma(model):
         cols += [f"{n}_sigma" for n in model.names]
@@ -697,7 +697,7 @@ def _columns(model: DysonianRegressor, polish: bool) -> list[str]:
     return cols
 
 
-def _write_csv(path: Path, rows: list[dict], cols: list[str], model: DysonianRegressor) -> None:
+def _write_csv(path: Path, rows: list[dict], cols: list[str], model: Predictor) -> None:
     buf = io.StringIO()
     info = _model_info(model)
     buf.write(f"# dysonian_pl {__version__} infer; checkpoint {info['checkpoint']}\n")
@@ -721,7 +721,7 @@ def _write_csv(path: Path, rows: list[dict], cols: list[str], model: DysonianReg
     _atomic_write(path, buf.getvalue().encode("utf-8"))
 
 
-def _units(model: DysonianRegressor) -> dict[str, str]:
+def _units(model: Predictor) -> dict[str, str]:
     out = {}
     for k, v in UNITS.items():
         base = k.removesuffix("_sigma")
@@ -733,7 +733,7 @@ def _units(model: DysonianRegressor) -> dict[str, str]:
     return out
 
 
-def _write_json(path: Path, rows: list[dict], model: DysonianRegressor) -> None:
+def _write_json(path: Path, rows: list[dict], model: Predictor) -> None:
     doc = {
         "model": _model_info(model),
         "units": _units(model),
@@ -746,7 +746,7 @@ def _write_json(path: Path, rows: list[dict], model: DysonianRegressor) -> None:
 # --------------------------------------------------------------------------- #
 # the pipeline
 # --------------------------------------------------------------------------- #
-def _polish(model: DysonianRegressor, spec, sign: float, params: np.ndarray) -> dict:
+def _polish(model: Predictor, spec, sign: float, params: np.ndarray) -> dict:
     """Least-squares refinement from the CNN's prediction (dysonian_pl.fitting, if present)."""
     names = model.names
     row: dict[str, Any] = {f"lsq_{n}": math.nan for n in names}
@@ -791,7 +791,7 @@ def _say(message: str, bar) -> None:
 
 def infer_files(
     paths,
-    ckpt: str | os.PathLike | DysonianRegressor,
+    ckpt: str | os.PathLike | Predictor,
     out_dir: str | os.PathLike = "infer_out",
     *,
     plots: bool = True,
@@ -804,12 +804,13 @@ def infer_files(
 
     `paths` are files or glob patterns. A file that cannot be read or prepared gives a
     row with ``status == "error"`` and an ``error`` message; the others continue.
-    `ckpt` is a checkpoint path or an already loaded model. `progress`: None shows a
+    `ckpt` is a checkpoint path or an already loaded model (a `Predictor` from
+    `load_model`, or a `module.DysonianRegressor`). `progress`: None shows a
     tqdm bar for more than one file when stderr is a terminal. Warnings go to stderr
     (unless `quiet`) and into each row's ``warnings`` (joined by "; "). All prepared
     spectra go through the network in one `predict_arrays` call.
     """
-    model = ckpt if isinstance(ckpt, DysonianRegressor) else load_model(ckpt, trust=trust)
+    model = load_model(ckpt, trust=trust) if isinstance(ckpt, (str, os.PathLike)) else ckpt
     if not hasattr(model, "checkpoint_meta"):
         model.checkpoint_meta = {"path": None, "format": CHECKPOINT_FORMAT}
     out = Path(out_dir)

@@ -9,35 +9,23 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection, R2Score
 
 from . import __version__
-from .model import DysonNet, fuse_for_inference
 from .params import ConfigError, SimulationConfig, unit_label
 
+# prediction (and the checkpoint format) live in the Lightning-free `predictor` module;
+# re-exported here so `from dysonian_pl.module import TargetScaler` keeps working
+from .predictor import (
+    CHECKPOINT_FORMAT,
+    PredictionMixin,
+    TargetScaler,
+    as_simulation_config,
+    build_network,
+    hyper_parameters,
+)
+
 LR_SCALINGS = ("linear", "sqrt", "none")
-
-#: Bumped when a checkpoint written by this version cannot be read by older code.
-CHECKPOINT_FORMAT = 1
-
-
-class TargetScaler(nn.Module):
-    """Min-max scaling of (B0, dB, p) to [0, 1] from the simulation ranges."""
-
-    def __init__(self, ranges: dict[str, tuple[float, float]]) -> None:
-        super().__init__()
-        lo = torch.tensor([r[0] for r in ranges.values()], dtype=torch.float64)
-        hi = torch.tensor([r[1] for r in ranges.values()], dtype=torch.float64)
-        span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
-        self.register_buffer("lo", lo, persistent=False)
-        self.register_buffer("span", span, persistent=False)
-
-    def scale(self, y: torch.Tensor) -> torch.Tensor:
-        return ((y.double() - self.lo) / self.span).float()
-
-    def unscale(self, z: torch.Tensor) -> torch.Tensor:
-        return z.double() * self.span + self.lo
 
 
 #: Fraction of a normal distribution within +-1 sigma; the calibration target.
@@ -57,7 +45,7 @@ def _stage_metrics(names: tuple[str, ...], prefix: str, uncertainty: bool) -> Me
     return MetricCollection(metrics, prefix=prefix).set_dtype(torch.float64)
 
 
-class DysonianRegressor(L.LightningModule):
+class DysonianRegressor(PredictionMixin, L.LightningModule):
     """CNN regression of (B0, dB, p) from a normalised spectrum.
 
     Args:
@@ -89,10 +77,7 @@ class DysonianRegressor(L.LightningModule):
         depth: int = 1,
     ) -> None:
         super().__init__()
-        if sim is None:
-            sim = SimulationConfig()
-        if isinstance(sim, dict):
-            sim = SimulationConfig.from_dict(sim)
+        sim = as_simulation_config(sim)
         if len(loss_weights) != 3 or any(not (w >= 0 and math.isfinite(w)) for w in loss_weights):
             raise ConfigError(
                 f"model.loss_weights: need three finite weights >= 0 (got {list(loss_weights)})"
@@ -106,25 +91,12 @@ class DysonianRegressor(L.LightningModule):
         self.names = sim.target_names
         # plain types only, so checkpoints load with torch.load(weights_only=True)
         self.save_hyperparameters(
-            {
-                "sim": sim.to_dict(),
-                "arch": arch,
-                "width": width,
-                "dropout": dropout,
-                "loss_weights": list(loss_weights),
-                "lr_scaling": lr_scaling,
-                "uncertainty": uncertainty,
-                "depth": depth,
-            }
+            hyper_parameters(
+                sim, arch, width, dropout, loss_weights, lr_scaling, uncertainty, depth
+            )
         )
         self.uncertainty = uncertainty
-        self.net = DysonNet(
-            arch=arch,
-            width=width,
-            dropout=dropout,
-            n_outputs=6 if uncertainty else 3,
-            depth=depth,
-        )
+        self.net = build_network(arch, width, dropout, uncertainty, depth)
         # sigma calibration factors (persistent: they travel in the checkpoint)
         self.register_buffer("sigma_scale", torch.ones(3, dtype=torch.float64))
         self.scaler = TargetScaler(sim.ranges())
@@ -137,56 +109,8 @@ class DysonianRegressor(L.LightningModule):
         self._val_store: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.test_summary: dict[str, float] = {}
 
-    # ---- prediction --------------------------------------------------------------------
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised spectra (N, n_points) -> scaled targets (N, 3)."""
-        return self.net(x)[:, :3]
-
-    def _split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Network output (or means alone) -> (scaled means, log sigma in scaled units or None)."""
-        if not self.uncertainty or out.shape[-1] == 3:
-            return out, None
-        return out[:, :3], out[:, 3:].clamp(-12.0, 3.0)
-
-    def prediction_network(self) -> nn.Module:
-        """The network for prediction: in eval mode, a copy with batch norm folded into the
-        convolutions, rebuilt after any `train()`/`eval()` switch, `load_state_dict`, or
-        in-place update of a weight or statistic (tensor version counters)."""
-        if self.training:
-            return self.net
-        tensors = [*self.net.parameters(), *self.net.buffers()]
-        key = tuple((t.data_ptr(), t._version, t.device) for t in tensors)
-        if getattr(self, "_fused_key", None) != key:
-            self._fused = [fuse_for_inference(self.net)]  # a list: not a registered submodule
-            self._fused_key = key
-        return self._fused[0]
-
-    def train(self, mode: bool = True):
-        self.__dict__.pop("_fused_key", None)
-        return super().train(mode)
-
-    @torch.no_grad()
-    def predict_physical(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised spectra -> (B0, dB, p) in physical units, float64."""
-        out = self.prediction_network()(x.to(self.device, torch.float32))[:, :3]
-        return self.scaler.unscale(out)
-
-    @torch.no_grad()
-    def predict_with_sigma(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised spectra -> (values, calibrated standard deviations), physical units.
-
-        The standard deviations are NaN for a model trained without ``uncertainty``.
-        """
-        mean, log_sigma = self._split(self.prediction_network()(x.to(self.device, torch.float32)))
-        value = self.scaler.unscale(mean)
-        if log_sigma is None:
-            return value, torch.full_like(value, float("nan"))
-        return value, self._sigma_physical(log_sigma)
-
-    def _sigma_physical(self, log_sigma: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
-        sigma = log_sigma.double().exp() * self.scaler.span
-        return sigma * self.sigma_scale if calibrated else sigma
+    # ---- prediction: `PredictionMixin` (forward, predict_physical, predict_with_sigma,
+    # prediction_network, load_state_dict), shared with the Lightning-free `Predictor` ----
 
     # ---- steps -------------------------------------------------------------------------
 
@@ -330,13 +254,6 @@ class DysonianRegressor(L.LightningModule):
         return factor
 
     # ---- checkpoints -------------------------------------------------------------------
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Checkpoints written before the sigma calibration buffer existed load with factors 1."""
-        if "sigma_scale" not in state_dict:
-            state_dict = {**state_dict, "sigma_scale": torch.ones(3, dtype=torch.float64)}
-        self.__dict__.pop("_fused_key", None)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["dysonian_pl"] = {

@@ -16,6 +16,7 @@ import torch
 from conftest import (
     TABLE_HEADER,
     TINY_N_POINTS,
+    TINY_N_SPECTRA,
     TINY_SPLIT_SIZES,
     assert_test_summary,
     config,
@@ -205,6 +206,27 @@ def test_fit_set_6_sphere(tmp_path: Path, capsys) -> None:
     ckpt = torch.load(cli.trainer.checkpoint_callback.best_model_path, weights_only=True)
     assert ckpt["dysonian_pl"]["geometry"] == "sphere"
     assert ckpt["dysonian_pl"]["field_axis"] == [3326.0, 3376.0, TINY_N_POINTS]
+
+
+def test_fit_pretrained_recipe_on_the_universal_sets(tmp_path: Path, capsys) -> None:
+    cli = fit(
+        "--config", config("sets/universal-sphere.yaml"), "--config", config("pretrained.yaml"),
+        *tiny_overrides(tmp_path),
+    )  # fmt: skip
+    assert TABLE_HEADER in capsys.readouterr()[0]
+    model, trainer = cli.model, cli.trainer
+    assert model.uncertainty and model.sim.relative_window and model.sim.geometry == "sphere"
+    assert cli.datamodule.n_spectra == TINY_N_SPECTRA
+    sched = trainer.lr_scheduler_configs[0].scheduler
+    assert sched.max_time_s == 25 * 60  # the recipe's budget reaches the schedule
+    assert {"test/B0_cover1", "test/p_cover2"} <= set(model.test_summary)
+
+
+def test_fit_prior_network_overlay(tmp_path: Path, capsys) -> None:
+    cli = fit("--config", config("prior-network.yaml"), *tiny_overrides(tmp_path))
+    assert TABLE_HEADER in capsys.readouterr()[0]
+    assert cli.model.hparams["arch"] == "prior"
+    assert sum(p.numel() for p in cli.model.net.parameters()) == 691_283
 
 
 def test_bad_option_value_is_one_line_not_a_traceback(tmp_path: Path, capsys) -> None:

@@ -15,8 +15,8 @@ import torch
 from conftest import train_tiny_checkpoint
 
 from dysonian_pl import infer
-from dysonian_pl.module import CHECKPOINT_FORMAT, DysonianRegressor
 from dysonian_pl.params import SimulationConfig
+from dysonian_pl.predictor import CHECKPOINT_FORMAT, Predictor
 from dysonian_pl.preprocess import normalise
 from dysonian_pl.simulate import field_axis, simulate
 
@@ -40,12 +40,12 @@ def ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def rel_model(rel_ckpt) -> DysonianRegressor:
+def rel_model(rel_ckpt) -> Predictor:
     return infer.load_model(rel_ckpt)
 
 
 @pytest.fixture(scope="session")
-def model(ckpt) -> DysonianRegressor:
+def model(ckpt) -> Predictor:
     return infer.load_model(ckpt)
 
 
@@ -62,7 +62,7 @@ def _no_tmp_left(folder: Path) -> None:
 # checkpoints
 # --------------------------------------------------------------------------- #
 def test_load_model_eval_cpu_and_cached(ckpt, model):
-    assert isinstance(model, DysonianRegressor)
+    assert isinstance(model, Predictor)
     assert not model.training
     assert next(model.parameters()).device.type == "cpu"
     assert model.sim.n_points == 512 and model.sim.window == (3300.0, 3500.0)
@@ -111,7 +111,7 @@ def test_non_plain_objects_need_trust(ckpt, tmp_path):
     torch.save(d, odd)
     with pytest.raises(infer.CheckpointError, match="non-plain Python objects"):
         infer.load_model(odd)
-    assert isinstance(infer.load_model(odd, trust=True), DysonianRegressor)
+    assert isinstance(infer.load_model(odd, trust=True), Predictor)
 
 
 def test_no_checkpoint_given(tmp_path, monkeypatch, capsys):

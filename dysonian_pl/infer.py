@@ -74,6 +74,39 @@ EDGE_FRACTION = 0.02
 P_SIGMA_FRACTION = 0.15
 #: p beyond which the line shape folds back: different p give nearly the same line.
 P_FOLD = {"plate": 2.6, "sphere": 4.5}
+#: A window-agnostic model reads a narrow line again on a window zoomed around it: when
+#: dB is below ZOOM_BELOW of the window read, the next window is centred on B0 with dB
+#: at ZOOM_TARGET of it (the log-middle of the trained 1-50 %), inside the measured
+#: sweep; at most ZOOM_ROUNDS times.
+#: rms residual of the reconstruction (fraction of peak-to-peak) above which a spectrum
+#: is reported as not explained by one line of the model's kind
+RMS_WARN = 0.1
+ZOOM_BELOW = 0.04
+ZOOM_TARGET = 0.10
+ZOOM_ROUNDS = 3
+
+
+def zoom_window(
+    B0: float, dB: float, sweep: tuple[float, float], current: tuple[float, float]
+) -> tuple[float, float] | None:
+    """The next window for a line (B0, dB) read on `current`, or None to keep it.
+
+    None when the line is not narrow in `current` (dB >= ZOOM_BELOW of it), when the
+    prediction is not usable (non-finite, dB <= 0, B0 outside the sweep), or when the
+    new window would not be at least 1.5x narrower.
+    """
+    width = current[1] - current[0]
+    lo, hi = sweep
+    if not (math.isfinite(B0) and math.isfinite(dB) and dB > 0 and lo <= B0 <= hi):
+        return None
+    if dB >= ZOOM_BELOW * width:
+        return None
+    new = min(dB / ZOOM_TARGET, hi - lo)
+    if new * 1.5 > width:
+        return None
+    start = min(max(B0 - new / 2, lo), hi - new)
+    return (start, start + new)
+
 
 # pickle header of torch's legacy (non-zip) serialisation: protocol 2 + its magic number
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
@@ -99,6 +132,9 @@ UNITS = {
     "coverage": "fraction of the model's window covered by the measured sweep",
     "sweep_lo": "G",
     "sweep_hi": "G",
+    "window_lo": "G (the window the model read: the sweep, or a zoom around a narrow line)",
+    "window_hi": "G",
+    "zoom": "sweep width / window width (1: no zoom)",
     "B0_sigma": "G, calibrated standard deviation of B0 (68 % of errors inside +-1 sigma)",
     "dB_sigma": "G, calibrated standard deviation of dB",
     "p_sigma": "calibrated standard deviation of p",
@@ -470,9 +506,12 @@ def _warnings_for(
     out = [w[len(name) + 2 :] if w.startswith(name + ": ") else w for w in prep.warnings]
     names = model.names
     relative = bool(getattr(model.sim, "relative_window", False))
-    window = "the measured sweep" if relative else "the model's window"
     B0, dB = float(params[0]), float(params[1])
     lo, hi = float(axis[0]), float(axis[-1])
+    window = "the model's window"
+    if relative:
+        zoomed = sweep is not None and (hi - lo) < 0.999 * (sweep[1] - sweep[0])
+        window = "the window read (zoomed around the line)" if zoomed else "the measured sweep"
     if not lo <= B0 <= hi:
         out.append(
             f"line lies at/outside the window: B0 = {B0:.2f} G is outside {window} "
@@ -688,7 +727,8 @@ def _columns(model: Predictor, polish: bool) -> list[str]:
     if _has_sigma(model):
         cols += [f"{n}_sigma" for n in model.names]
     cols += ["amplitude", "baseline_offset", "baseline_slope", "rms_residual"]
-    cols += ["flipped", "coverage", "sweep_lo", "sweep_hi", "n_points_file", "png"]
+    cols += ["flipped", "coverage", "sweep_lo", "sweep_hi", "window_lo", "window_hi", "zoom"]
+    cols += ["n_points_file", "png"]
     if polish:
         for n in model.names:
             cols += [f"lsq_{n}", f"lsq_{n}_stderr"]
@@ -869,15 +909,47 @@ def infer_files(
                 continue
             ready.append((len(rows) - 1, spec, prep, axis, sweep))
 
-        # 2. one batched forward pass (nominal units for a window-agnostic model)
-        if ready:
-            batch = np.stack([r[2].spectrum for r in ready])
+        # 2. batched forward passes (nominal units for a window-agnostic model), then,
+        # for a window-agnostic model, narrow lines again on windows zoomed around them
+        n_ready = len(ready)
+        params_all = np.full((n_ready, 3), np.nan)
+        sigma_all = np.full((n_ready, 3), np.nan)
+        windows = [r[4] for r in ready]
+        todo = list(range(n_ready))
+        for zoom_round in range(ZOOM_ROUNDS + 1):
+            if not todo:
+                break
+            batch = np.stack([ready[k][2].spectrum for k in todo])
             predictions, sigmas = predict_arrays(model, batch, return_sigma=True)
+            for j, k in enumerate(todo):
+                params_all[k], sigma_all[k] = to_physical(
+                    model, predictions[j], sigmas[j], windows[k]
+                )
+            if not relative or zoom_round == ZOOM_ROUNDS:
+                break
+            again = []
+            for k in todo:
+                i, spec, prep, axis, sweep = ready[k]
+                new = zoom_window(params_all[k][0], params_all[k][1], sweep, windows[k])
+                if new is None:
+                    continue
+                new_axis = np.linspace(new[0], new[1], model.sim.n_points)
+                try:
+                    new_prep = prepare_real(
+                        spec.field, spec.intensity, new_axis, name=Path(spec.path).name
+                    )
+                except ValueError:
+                    continue  # keep the wider window's answer
+                ready[k] = (i, spec, new_prep, new_axis, sweep)
+                windows[k] = new
+                rows[i]["zoom"] = (sweep[1] - sweep[0]) / (new[1] - new[0])
+                again.append(k)
+            todo = again
 
         # 3. to the file's units; reconstruct, warn, polish, plot
         for k, (i, spec, prep, axis, sweep) in enumerate(ready):
             row = rows[i]
-            params, sigma = to_physical(model, predictions[k], sigmas[k], sweep)
+            params, sigma = params_all[k], sigma_all[k]
             if bar is not None:
                 bar.set_postfix_str(row["file"][-30:], refresh=False)
             sweep_lo, sweep_hi = sweep
@@ -892,6 +964,13 @@ def infer_files(
                 sweep,
                 sigmas=sigma if with_sigma else None,
             )
+            if fit.rms > RMS_WARN:
+                warns.append(
+                    f"the reconstructed line leaves an rms residual of {_pct(fit.rms)} % of the "
+                    "peak-to-peak: the spectrum is not one line of this model's kind (several "
+                    "lines, hyperfine structure, distortion) or lies outside its ranges; do not "
+                    "trust these numbers"
+                )
             row.update({n: float(v) for n, v in zip(names, params, strict=True)})
             if with_sigma:
                 row.update({f"{n}_sigma": float(v) for n, v in zip(names, sigma, strict=True)})
@@ -904,6 +983,9 @@ def infer_files(
                 coverage=float(prep.coverage),
                 sweep_lo=sweep_lo,
                 sweep_hi=sweep_hi,
+                window_lo=float(axis[0]),
+                window_hi=float(axis[-1]),
+                zoom=float(row.get("zoom", 1.0)),
                 n_points_file=int(spec.n_points),
             )
             if polish:

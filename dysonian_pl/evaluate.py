@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_open, atomic_write_text
-from .infer import load_model, predict_arrays, to_physical
+from .infer import ZOOM_ROUNDS, load_model, predict_zoomed
 from .params import PRESETS, SimulationConfig
-from .simulate import simulate
+from .simulate import field_axis, simulate
 
 #: The prior work's held-out MAE (physics.md): B0 (G), dB (G), p.
 PUBLISHED_MAE = {
@@ -48,19 +48,26 @@ def _readable(model_sim: SimulationConfig, cfg: SimulationConfig) -> str | None:
     return None
 
 
-def evaluate_set(model, cfg: SimulationConfig, n: int, seed: int) -> dict:
-    """MAE, coverage and |error|/sigma quantiles of `model` on `n` spectra of `cfg`."""
+def evaluate_set(model, cfg: SimulationConfig, n: int, seed: int, zoom: bool = True) -> dict:
+    """MAE, coverage and |error|/sigma quantiles of `model` on `n` spectra of `cfg`.
+
+    A window-agnostic model reads narrow lines again on a zoomed window, as `infer`
+    does (`zoom` False: the whole window only)."""
     if model.sim.relative_window and cfg.n_points != model.sim.n_points:
         cfg = cfg.replace(
             n_points=model.sim.n_points
         )  # the set's window and ranges, the model's points
     index = 10**9 + np.arange(n)
     x, y = simulate(cfg, seed, index)
-    values, sigmas = predict_arrays(model, x.numpy(), return_sigma=True)
-    values, sigmas = to_physical(model, values, sigmas, cfg.window)
+    values, sigmas, windows = predict_zoomed(
+        model, field_axis(cfg), x.numpy(), rounds=ZOOM_ROUNDS if zoom else 0
+    )
     truth = y.numpy()
     err = np.abs(values - truth)
     out: dict = {"n": n, "mae": err.mean(axis=0).tolist()}
+    if model.sim.relative_window:
+        width = cfg.window[1] - cfg.window[0]
+        out["zoomed_fraction"] = float(np.mean(windows[:, 1] - windows[:, 0] < 0.999 * width))
     if np.isfinite(sigmas).all():
         z = err / sigmas
         out["cover1"] = (z <= 1).mean(axis=0).tolist()
@@ -160,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
         "spectra and the ratio of --ckpt's MAE to it",
     )
     ap.add_argument("--n", type=int, default=2000, help="spectra per set (default 2000)")
+    ap.add_argument(
+        "--no-zoom",
+        action="store_true",
+        help="a window-agnostic model reads each spectrum on the whole window only (by "
+        "default narrow lines are read again on a zoomed window, as infer does)",
+    )
     ap.add_argument("--seed", type=int, default=12345, help="simulation seed (default 12345)")
     ap.add_argument(
         "--out", default="sets_eval", help="output folder for sets.md, sets.json, reliability.png"
@@ -187,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         why = _readable(model.sim, PRESETS[name])
         results[name] = (
-            {"skipped": why} if why else evaluate_set(model, PRESETS[name], args.n, args.seed)
+            {"skipped": why}
+            if why
+            else evaluate_set(model, PRESETS[name], args.n, args.seed, zoom=not args.no_zoom)
         )
     for name, path in references.items():
         if name not in results or "skipped" in results[name]:
@@ -197,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         if why:
             print(f"error: --reference {name}={path}: the model cannot read {why}", file=sys.stderr)
             return 2
-        ref_mae = evaluate_set(ref, PRESETS[name], args.n, args.seed)["mae"]
+        ref_mae = evaluate_set(ref, PRESETS[name], args.n, args.seed, zoom=False)["mae"]
         results[name]["reference"] = {"ckpt": path, "mae": ref_mae}
         results[name]["ratio"] = [a / b for a, b in zip(results[name]["mae"], ref_mae, strict=True)]
     out = Path(args.out)

@@ -195,6 +195,49 @@ def to_physical(
     return values, sigmas
 
 
+def predict_zoomed(
+    model: Predictor,
+    field: np.ndarray,
+    spectra: np.ndarray,
+    *,
+    rounds: int = ZOOM_ROUNDS,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A window-agnostic model's predictions with `infer`'s zoom rule, for spectra that
+    share one field axis (e.g. simulated ones): (values, sigmas, windows), physical units.
+
+    `spectra` (N, len(field)) are first read on the whole sweep as given (they must be
+    prepared: normalised); a narrow line is then read again, up to `rounds` times, on a
+    window around it (`zoom_window`), prepared by `prepare_real` as a file would be.
+    `windows` (N, 2) are the windows of the final readings.
+    """
+    field = np.asarray(field, dtype=np.float64)
+    sweep = (float(field[0]), float(field[-1]))
+    values, sigmas = predict_arrays(model, spectra, return_sigma=True)
+    values, sigmas = to_physical(model, values, sigmas, sweep)
+    windows = np.tile(np.asarray(sweep, dtype=np.float64), (len(values), 1))
+    todo = np.arange(len(values))
+    for _ in range(rounds if getattr(model.sim, "relative_window", False) else 0):
+        again, batch = [], []
+        for k in todo:
+            new = zoom_window(values[k, 0], values[k, 1], sweep, tuple(windows[k]))
+            if new is None:
+                continue
+            axis = np.linspace(new[0], new[1], model.sim.n_points)
+            try:
+                batch.append(prepare_real(field, spectra[k], axis).spectrum)
+            except ValueError:
+                continue
+            again.append(k)
+            windows[k] = new
+        if not again:
+            break
+        v, sg = predict_arrays(model, np.stack(batch), return_sigma=True)
+        for j, k in enumerate(again):
+            values[k], sigmas[k] = to_physical(model, v[j], sg[j], tuple(windows[k]))
+        todo = np.asarray(again)
+    return values, sigmas, windows
+
+
 # --------------------------------------------------------------------------- #
 # checkpoints
 # --------------------------------------------------------------------------- #

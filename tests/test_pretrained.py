@@ -105,3 +105,16 @@ def test_infer_with_no_checkpoint_on_every_real_file(tmp_path: Path, capsys) -> 
     for a, b in (("strong1.dsc", "strong1esp.par"), ("esp.par", "win.par")):
         for k in ("B0", "dB", "p"):
             assert by[a][k] == pytest.approx(by[b][k], rel=1e-3, abs=1e-3), (a, b, k)
+
+
+def test_sets_evaluation_zooms_like_infer_and_it_helps_on_narrow_lines() -> None:
+    from dysonian_pl.evaluate import evaluate_set
+    from dysonian_pl.params import PRESETS
+
+    model = infer.load_model(infer.default_checkpoint())
+    cfg = PRESETS["set-4"].replace(dB=(3.0, 6.0))  # 1.5-3 % of the 200 G window
+    zoomed = evaluate_set(model, cfg, 200, 7)
+    whole = evaluate_set(model, cfg, 200, 7, zoom=False)
+    assert zoomed["zoomed_fraction"] == 1.0 and whole["zoomed_fraction"] == 0.0
+    assert zoomed["mae"][0] < whole["mae"][0]  # B0
+    assert zoomed["mae"][1] < whole["mae"][1]  # dB

@@ -429,7 +429,7 @@ def build_regime(name: str, files: list[Path], overrides: list[str]) -> Regime:
         "pin_memory": bool(loader.pin_memory),
         "persistent_workers": bool(loader.persistent_workers),
         "optimizer": type(optimizer).__module__ + "." + type(optimizer).__name__,
-        "lr": group.get("lr"),
+        "lr": group.get("initial_lr", group.get("lr")),  # before any warm-up or decay
         "weight_decay": group.get("weight_decay"),
         "betas": list(group["betas"]) if "betas" in group else None,
         "optimizer_init_args": {k: _plain(v) for k, v in init.items()},

@@ -132,10 +132,28 @@ class SpectrumSet(Dataset):
 
 
 class FreshSpectra(Dataset):
-    """Simulates each requested batch on the fly: sample i is simulate(sim, seed, i)."""
+    """Simulates requested batches on the fly: sample i is simulate(sim, seed, i).
 
-    def __init__(self, sim: SimulationConfig, seed: int, length: int) -> None:
+    Batches whose indices step evenly (what the fresh-training sampler yields: i, i+w,
+    i+2w, ... for rank r of w) are served from a block of `block` spectra simulated
+    ahead along the same progression, without passing `stop` (the end of the epoch's
+    indices when `epoch_start`/`epoch_length` are given): one simulator call per block
+    instead of per batch, the same spectra. Other requests are simulated directly.
+    """
+
+    def __init__(
+        self,
+        sim: SimulationConfig,
+        seed: int,
+        length: int,
+        *,
+        block: int = 1024,
+        epoch_start: int = 0,
+        epoch_length: int = 0,
+    ) -> None:
         self.sim, self.seed, self.length = sim, seed, length
+        self.block, self.epoch_start, self.epoch_length = block, epoch_start, epoch_length
+        self._cache: tuple[int, int, torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return self.length
@@ -144,8 +162,35 @@ class FreshSpectra(Dataset):
         x, y = self.__getitems__([i])
         return x[0], y[0]
 
+    def _block_end(self, first: int) -> int | None:
+        """First index after the epoch that `first` belongs to (None: no epochs)."""
+        if self.epoch_length <= 0 or first < self.epoch_start:
+            return None
+        epoch = (first - self.epoch_start) // self.epoch_length
+        return self.epoch_start + (epoch + 1) * self.epoch_length
+
     def __getitems__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return simulate(self.sim, self.seed, np.asarray(idx, dtype=np.int64))
+        idx = np.asarray(idx, dtype=np.int64)
+        step = int(idx[1] - idx[0]) if len(idx) > 1 else 1
+        if (
+            self.block <= 1
+            or step < 1
+            or not np.array_equal(idx, idx[0] + step * np.arange(len(idx)))
+        ):
+            return simulate(self.sim, self.seed, idx)
+        c = self._cache
+        if c is not None and c[1] == step and (idx[0] - c[0]) % step == 0:
+            k = (int(idx[0]) - c[0]) // step
+            if 0 <= k and k + len(idx) <= len(c[2]):
+                return c[2][k : k + len(idx)], c[3][k : k + len(idx)]
+        count = max(self.block, len(idx))
+        end = self._block_end(int(idx[0]))
+        if end is not None:
+            count = max(len(idx), min(count, -(-(end - int(idx[0])) // step)))
+        block = idx[0] + step * np.arange(count, dtype=np.int64)
+        x, y = simulate(self.sim, self.seed, block)
+        self._cache = (int(idx[0]), step, x, y)
+        return x[: len(idx)], y[: len(idx)]
 
 
 def _pass_through(batch):
@@ -311,7 +356,14 @@ class SpectraDataModule(L.LightningDataModule):
             if name in self.sets:
                 continue
             if name == "train" and self.fresh_train:
-                self.sets[name] = FreshSpectra(self.sim, self.seed, 1 << 62)
+                n_train = len(self.indices["train"])
+                self.sets[name] = FreshSpectra(
+                    self.sim,
+                    self.seed,
+                    1 << 62,
+                    epoch_start=self.n_spectra,
+                    epoch_length=n_train,
+                )
             else:
                 self.sets[name] = self._load(name)
 

@@ -319,3 +319,40 @@ def test_spectrum_set_getitems_keeps_request_order() -> None:
     assert by[:, 0].tolist() == [21.0, 6.0, 27.0, 6.0]
     one_x, one_y = ds[4]
     assert one_x.tolist() == [8.0, 9.0] and one_y.dtype == torch.float64
+
+
+def test_fresh_spectra_served_from_blocks_equal_direct_simulation() -> None:
+    import torch
+
+    from dysonian_pl.data import FreshSpectra
+    from dysonian_pl.params import SimulationConfig
+    from dysonian_pl.simulate import simulate
+
+    sim = SimulationConfig(n_points=128)
+    ds = FreshSpectra(sim, 5, 1 << 62, block=7, epoch_start=40, epoch_length=30)
+    calls = []
+    import dysonian_pl.data as data_mod
+
+    real = data_mod.simulate
+
+    def counting(*a, **k):
+        calls.append(len(a[2]))
+        return real(*a, **k)
+
+    data_mod.simulate = counting
+    try:
+        for epoch in range(2):
+            for rank in range(2):  # rank r of 2 takes every second index of the epoch
+                idx = (40 + epoch * 30 + np.arange(30))[rank::2]
+                for b in range(0, len(idx), 4):
+                    x, y = ds.__getitems__(idx[b : b + 4].tolist())
+                    rx, ry = simulate(sim, 5, idx[b : b + 4])
+                    # the same spectra, to float32 rounding (as for any chunking)
+                    torch.testing.assert_close(x, rx, rtol=0, atol=1e-6)
+                    assert torch.equal(y, ry)
+        # blocks never run past the epoch: 15 indices per rank and epoch -> 7 + 7 + 1
+        assert all(c <= 7 for c in calls) and sum(calls) == 2 * 2 * 15
+        x, _ = ds.__getitems__([3, 11, 2])  # not an even progression: simulated directly
+        torch.testing.assert_close(x, simulate(sim, 5, [3, 11, 2])[0], rtol=0, atol=0)
+    finally:
+        data_mod.simulate = real

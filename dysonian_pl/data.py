@@ -135,8 +135,8 @@ class FreshSpectra(Dataset):
     """Simulates requested batches on the fly: sample i is simulate(sim, seed, i).
 
     Batches whose indices step evenly (what the fresh-training sampler yields: i, i+w,
-    i+2w, ... for rank r of w) are served from a block of `block` spectra simulated
-    ahead along the same progression, without passing `stop` (the end of the epoch's
+    i+2w, ... for rank r of w) are served from a block of whole batches (about `block`
+    spectra) simulated ahead along the same progression, without passing `stop` (the end of the epoch's
     indices when `epoch_start`/`epoch_length` are given): one simulator call per block
     instead of per batch, the same spectra. Other requests are simulated directly.
     """
@@ -183,7 +183,7 @@ class FreshSpectra(Dataset):
             k = (int(idx[0]) - c[0]) // step
             if 0 <= k and k + len(idx) <= len(c[2]):
                 return c[2][k : k + len(idx)], c[3][k : k + len(idx)]
-        count = max(self.block, len(idx))
+        count = max(self.block // len(idx), 1) * len(idx)  # whole batches: no overlap
         end = self._block_end(int(idx[0]))
         if end is not None:
             count = max(len(idx), min(count, -(-(end - int(idx[0])) // step)))

@@ -350,7 +350,8 @@ def test_fresh_spectra_served_from_blocks_equal_direct_simulation() -> None:
                     # the same spectra, to float32 rounding (as for any chunking)
                     torch.testing.assert_close(x, rx, rtol=0, atol=1e-6)
                     assert torch.equal(y, ry)
-        # blocks never run past the epoch: 15 indices per rank and epoch -> 7 + 7 + 1
+        # blocks of whole batches (4 of 7 -> 4) that never run past the epoch:
+        # each spectrum simulated once
         assert all(c <= 7 for c in calls) and sum(calls) == 2 * 2 * 15
         x, _ = ds.__getitems__([3, 11, 2])  # not an even progression: simulated directly
         torch.testing.assert_close(x, simulate(sim, 5, [3, 11, 2])[0], rtol=0, atol=0)

@@ -809,7 +809,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"- {name} vs {ref_name}: " + ", ".join(parts))
     lines += [
         "",
-        "## Inference (model.net, eval; CPU tensor in, CPU tensor out)",
+        "## Inference (prediction network: eval mode, batch norm folded; CPU tensor in, CPU tensor out)",
         "",
         "| model | eager spectra/s (batch {b}) | eager latency ms (batch 1) | traced spectra/s | "
         "traced latency ms |".format(b=s["infer_batch"]),

@@ -7,8 +7,9 @@ spectra on ``simulate.field_axis(cfg)``:
 * ``cnn``: the predictor alone (timed batched: total time / n);
 * ``lsq-naive``: least squares from the window centre, width / 10, p = 1;
 * ``lsq-data``: least squares from the data's extrema (``fitting.data_start``);
-* ``hybrid``: least squares started at the predictor's output (its time includes
-  the CNN's per-spectrum share).
+* ``hybrid``: least squares started at the predictor's output and at the data's
+  extrema, the better fit kept (`fitting.fit_best_of`; its time includes both fits
+  and the CNN's per-spectrum share).
 
 A spectrum counts as a failure when ``|dB0| > 1 G`` or ``|dp| > 0.05``.
 Conditions of the command line: the config's own augmentations, SNR 30 dB, SNR
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fitting import FitResult, fit_spectrum, json_safe, write_atomic
+from .fitting import FitResult, fit_best_of, fit_spectrum, json_safe, write_atomic
 from .params import ConfigError, SimulationConfig, preset
 
 __all__ = ["FAIL_B0_G", "FAIL_P", "HELD_OUT_START", "compare_methods", "held_out_indices", "main"]
@@ -90,7 +91,10 @@ def _fit_all(
     for i, (x, st) in enumerate(zip(X, starts, strict=True)):
         t0 = time.perf_counter()
         try:
-            r: FitResult = fit_spectrum(B, x, geometry=geometry, start=st)
+            if isinstance(st, list):  # several starts: the best fit (hybrid)
+                r: FitResult = fit_best_of(B, x, st, geometry=geometry)
+            else:
+                r = fit_spectrum(B, x, geometry=geometry, start=st)
             pred[i] = [r.params[k] for k in NAMES]
             ok[i] = r.success
         except ValueError:
@@ -144,7 +148,7 @@ def compare_methods(
         pred, ms, ok = _fit_all(B, X, cfg.geometry, [mode] * n)
         methods[name] = _summary(pred, true, ms, ok)
     if cnn_pred is not None:
-        starts = [tuple(row) for row in cnn_pred]
+        starts = [[tuple(row), "data"] for row in cnn_pred]
         pred, ms, ok = _fit_all(B, X, cfg.geometry, starts)
         methods["hybrid"] = _summary(pred, true, ms + per, ok)
 
@@ -250,7 +254,7 @@ def _real_files_table(
                 pred = to_physical(sim, pred, None, sweep)[0]
                 cnn = dict(zip(NAMES, (float(v) for v in pred[0]), strict=True))
                 entries.insert(0, ("cnn", cnn, None, per))
-                h = fit_spectrum(B, yv, geometry=sim.geometry, start=tuple(pred[0]))
+                h = fit_best_of(B, yv, [tuple(pred[0]), "data"], geometry=sim.geometry)
                 entries.append(("hybrid", h.params, h.success, per + 1e3 * h.seconds))
         except (SpectrumFileError, ValueError) as exc:
             msg = " ".join(str(exc).split())

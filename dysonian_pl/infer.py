@@ -839,7 +839,7 @@ def _polish(model: Predictor, spec, sign: float, params: np.ndarray) -> dict:
         row["_warning"] = "polish skipped: least squares fits Dysonian (narrow) lines only"
         return row
     try:
-        from .fitting import fit_spectrum
+        from .fitting import fit_best_of
     except ImportError as e:
         row["_warning"] = f"polish skipped: dysonian_pl.fitting is not available ({e})"
         return row
@@ -848,7 +848,8 @@ def _polish(model: Predictor, spec, sign: float, params: np.ndarray) -> dict:
     ok = np.isfinite(field_g) & np.isfinite(intensity)
     start = {n: float(v) for n, v in zip(names, params, strict=True)}
     try:
-        res = fit_spectrum(field_g[ok], intensity[ok], geometry=model.sim.geometry, start=start)
+        # from the CNN's answer and from the data's extrema: the better fit is kept
+        res = fit_best_of(field_g[ok], intensity[ok], [start, "data"], geometry=model.sim.geometry)
     except Exception as e:  # noqa: BLE001 - a failed polish is a warning, not a failed file
         row["_warning"] = f"least-squares polish failed: {' '.join(str(e).split())[:200]}"
         row["lsq_success"] = False

@@ -117,8 +117,12 @@ def test_fit_default(tiny_run) -> None:
     assert cli.datamodule.fresh_train is True  # the embedded default trains on fresh spectra
     opt = optimizer(cli)
     assert type(opt) is torch.optim.AdamW
-    assert opt.param_groups[0]["lr"] == pytest.approx(2e-3)
+    # the configured lr; the current one has decayed over the budget (CosineBudget)
+    assert opt.param_groups[0]["initial_lr"] == pytest.approx(4e-3)
     assert opt.param_groups[0]["weight_decay"] == pytest.approx(1e-4)
+    sched = cli.trainer.lr_scheduler_configs[0].scheduler
+    assert type(sched).__name__ == "CosineBudget" and sched.max_time_s == 300.0
+    assert opt.param_groups[0]["lr"] < opt.param_groups[0]["initial_lr"]
     assert cli.model.sim == cli.datamodule.sim  # linked data.sim -> model.sim
     assert cli.model.sim.n_points == TINY_N_POINTS
     # the printed table carries the summary's numbers
@@ -133,7 +137,7 @@ def test_fit_baseline(tmp_path: Path, capsys) -> None:
     assert_test_summary(cli.model.test_summary)
     opt = optimizer(cli)
     assert type(opt) is torch.optim.Adam
-    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert opt.param_groups[0]["initial_lr"] == pytest.approx(1e-3)
     assert opt.param_groups[0]["weight_decay"] == pytest.approx(1e-5)
     assert cli.datamodule.batch_size == 16
     assert cli.model.hparams.dropout == pytest.approx(0.2)
@@ -163,7 +167,7 @@ def test_fit_optimized_falls_back_to_fp32_and_runs_two_persistent_workers(
     assert cli.datamodule.batch_size == 32
     opt = optimizer(cli)
     assert type(opt) is torch.optim.AdamW
-    assert opt.param_groups[0]["lr"] == pytest.approx(2e-3)
+    assert opt.param_groups[0]["initial_lr"] == pytest.approx(2e-3)
     loader = cli.datamodule.train_dataloader()
     assert loader.num_workers == 2 and loader.persistent_workers is True
     assert loader.pin_memory is False  # pin_memory: true, but no CUDA device trains
@@ -189,7 +193,7 @@ def test_fit_optimized_then_cpu_overlay(tmp_path: Path, capsys) -> None:
     assert cli.datamodule.batch_size == 8  # cpu.yaml wins over optimized.yaml
     opt = optimizer(cli)
     assert type(opt) is torch.optim.AdamW  # class from optimized.yaml
-    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)  # lr from cpu.yaml
+    assert opt.param_groups[0]["initial_lr"] == pytest.approx(1e-3)  # lr from cpu.yaml
     assert opt.param_groups[0]["weight_decay"] == pytest.approx(1e-4)  # from optimized.yaml
     assert cli.trainer.accelerator.__class__.__name__ == "CPUAccelerator"
 

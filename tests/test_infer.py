@@ -349,8 +349,8 @@ def test_polish_plumbing_with_a_stub_fitter(model, tmp_path, monkeypatch):
 
     calls = {}
 
-    def fit_spectrum(field_g, intensity, *, geometry, start):
-        calls.update(n=len(field_g), geometry=geometry, start=start)
+    def fit_best_of(field_g, intensity, starts, *, geometry):
+        calls.update(n=len(field_g), geometry=geometry, starts=starts)
         return types.SimpleNamespace(
             params={"B0": 3400.5, "dB": 1.2, "p": 0.3},
             stderr={"B0": 0.01, "dB": 0.02, "p": 0.03},
@@ -358,13 +358,17 @@ def test_polish_plumbing_with_a_stub_fitter(model, tmp_path, monkeypatch):
         )
 
     stub = types.ModuleType("dysonian_pl.fitting")
-    stub.fit_spectrum = fit_spectrum
+    stub.fit_best_of = fit_best_of
     monkeypatch.setitem(sys.modules, "dysonian_pl.fitting", stub)
     rows = infer.infer_files(
         [_real(STRONG1)], model, tmp_path, plots=False, polish=True, quiet=True
     )
     assert calls["n"] == 1024 and calls["geometry"] == "plate"
-    assert calls["start"] == {"B0": rows[0]["B0"], "dB": rows[0]["dB"], "p": rows[0]["p"]}
+    # two starts: the CNN's answer and the data's extrema
+    assert calls["starts"] == [
+        {"B0": rows[0]["B0"], "dB": rows[0]["dB"], "p": rows[0]["p"]},
+        "data",
+    ]
     assert rows[0]["lsq_p"] == 0.3 and rows[0]["lsq_p_stderr"] == 0.03
     assert rows[0]["lsq_success"] is True
     assert _read_csv(tmp_path / "predictions.csv")[0]["lsq_success"] == "True"
@@ -400,9 +404,12 @@ def test_to_physical_identity_for_fixed_window(model):
     np.testing.assert_array_equal(s2, s)
 
 
-def test_relative_window_maps_sweep_and_sigma(rel_model, tmp_path):
+def test_relative_window_maps_sweep_and_sigma(rel_model, tmp_path, monkeypatch):
     from dysonian_pl.preprocess import prepare_real
     from dysonian_pl.readers import read_spectrum
+
+    # the mapping of the whole sweep (the zoom on narrow lines: tests/test_pretrained.py)
+    monkeypatch.setattr(infer, "ZOOM_ROUNDS", 0)
 
     sweeps = [(3300.0, 3500.0), (9000.0, 9400.0)]
     files = [

@@ -60,28 +60,51 @@ def _events(log_dir: Path, tag: str) -> list[tuple[float, int, float]]:
     return sorted(out)
 
 
-@pytest.fixture(scope="module")
-def resumed(tmp_path_factory) -> dict:
-    """A 2-epoch fit, then `fit --ckpt_path last --trainer.max_epochs 4` with a probe."""
+PLATEAU = ["--lr_scheduler", "lightning.pytorch.cli.ReduceLROnPlateau",
+           "--lr_scheduler.monitor", "val/loss", "--lr_scheduler.patience", "2"]  # fmt: skip
+
+
+def _resume_run(tmp_path_factory, name: str, extra: list[str]) -> dict:
     import contextlib
     import io
 
     from dysonian_pl.cli import main
 
-    tmp_path = tmp_path_factory.mktemp("resume")
+    tmp_path = tmp_path_factory.mktemp(name)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        cli1 = main(["fit", *tiny_overrides(tmp_path, epochs=2)])
+        cli1 = main(["fit", *tiny_overrides(tmp_path, epochs=2), *extra])
         log_dir = Path(cli1.trainer.log_dir)
         last = log_dir / "checkpoints" / "last.ckpt"
         c1 = _load(last)
         probe = "--trainer.callbacks+=test_resume.ResumeProbe"
-        cli2 = main(["fit", *tiny_overrides(tmp_path, epochs=4), "--ckpt_path", "last", probe])
+        cli2 = main(
+            ["fit", *tiny_overrides(tmp_path, epochs=4), *extra, "--ckpt_path", "last", probe]
+        )
     seen = next(cb for cb in cli2.trainer.callbacks if isinstance(cb, ResumeProbe)).seen
     return {
         "root": tmp_path, "cli1": cli1, "log_dir": log_dir, "last": last, "c1": c1,
         "c2": _load(last), "seen": seen, "out": out.getvalue(), "err": err.getvalue(),
     }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory) -> dict:
+    """A 2-epoch fit, then `fit --ckpt_path last --trainer.max_epochs 4` with a probe
+    (ReduceLROnPlateau: the scheduler with epoch-level state)."""
+    return _resume_run(tmp_path_factory, "resume", PLATEAU)
+
+
+def test_resume_continues_the_cosine_budget(tmp_path_factory):
+    """The default CosineBudget: step count and elapsed time carry over a resume."""
+    r = _resume_run(tmp_path_factory, "resume_cosine", [])
+    s1 = r["c1"]["lr_schedulers"][0]
+    assert s1["last_epoch"] == r["c1"]["global_step"] and s1["elapsed_s"] > 0
+    assert r["seen"]["sched"] == {k: v for k, v in s1.items() if k != "_last_lr"}
+    s2 = r["c2"]["lr_schedulers"][0]
+    assert s2["last_epoch"] == r["c2"]["global_step"] == 2 * s1["last_epoch"]
+    assert s2["elapsed_s"] > s1["elapsed_s"]
+    assert s2["max_steps"] == s1["max_steps"]  # bound once, kept by the resumed run
 
 
 def test_resume_last_restores_counters_optimizer_scheduler_and_early_stopping(resumed):

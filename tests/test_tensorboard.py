@@ -50,7 +50,15 @@ def test_learning_rate_monitor(events) -> None:
     tags = set(events.Tags()["scalars"])
     lr_tags = sorted(t for t in tags if t.startswith("lr-"))
     assert lr_tags == ["lr-AdamW"]
-    assert values(events, "lr-AdamW") == pytest.approx([2e-3] * EPOCHS, rel=1e-6)
+    # the default CosineBudget at each epoch start: warm-up (step + 1) / 100 times the
+    # cosine factor at step / total steps (4 steps per epoch here), lr 4e-3
+    steps_per_epoch, total = 4, 4 * EPOCHS
+    want = []
+    for epoch in range(EPOCHS):
+        k = epoch * steps_per_epoch
+        decay = 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * k / total))
+        want.append(4e-3 * (k + 1) / 100 * decay)
+    assert values(events, "lr-AdamW") == pytest.approx(want, rel=1e-5)
 
 
 def test_performance_scalars(events) -> None:

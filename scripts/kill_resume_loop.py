@@ -90,7 +90,11 @@ def corrupt_files(root: Path, data_args: dict) -> tuple[list[str], int]:
     if cache.is_dir():
         sim = SimulationConfig().replace(n_points=data_args["n_points"])
         dm = SpectraDataModule(
-            sim=sim, n_spectra=data_args["n_spectra"], cache_dir=str(cache), batch_size=8
+            sim=sim,
+            n_spectra=data_args["n_spectra"],
+            split=(0.7, 0.15, 0.15),
+            cache_dir=str(cache),
+            batch_size=8,
         )
         expected = {dm._folder(n).name: dm._meta(n) for n in ("train", "val", "test")}
         for folder in cache.iterdir():
@@ -128,6 +132,7 @@ def fit_command(root: Path, max_epochs: int, n_spectra: int, n_points: int) -> l
         sys.executable, "-m", "dysonian_pl", "fit",
         "--data.sim.n_points", str(n_points),
         "--data.n_spectra", str(n_spectra),
+        "--data.split", "[0.7, 0.15, 0.15]",  # what corrupt_files expects
         "--data.batch_size", "8",
         "--model.width", "8",
         "--trainer.max_epochs", str(max_epochs),

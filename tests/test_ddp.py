@@ -29,6 +29,7 @@ N_TEST = 15
 DATA_ARGS = [
     "--data.sim.n_points", "256",
     "--data.n_spectra", str(N_SPECTRA),
+    "--data.split", "[0.7, 0.15, 0.15]",
     "--data.batch_size", "8",
     "--model.width", "8",
     "--trainer.enable_progress_bar", "false",

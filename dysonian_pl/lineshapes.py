@@ -54,11 +54,20 @@ ulps (measured worst case ~1e-13 relative, against mpmath at 80 digits):
 from __future__ import annotations
 
 from fractions import Fraction
+from functools import lru_cache
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["GEOMETRIES", "ad_ratio", "dyson_coefficients", "dysonian", "joshi"]
+__all__ = [
+    "GEOMETRIES",
+    "ad_ratio",
+    "dyson_coefficients",
+    "dysonian",
+    "joshi",
+    "p_fold",
+    "p_twin",
+]
 
 GEOMETRIES: tuple[str, ...] = ("plate", "sphere")
 
@@ -213,6 +222,102 @@ def ad_ratio(p: ArrayLike, geometry: str = "plate") -> NDArray[np.float64]:
     1, so beyond those points ``p`` is not identifiable from the shape alone."""
     A, D = dyson_coefficients(p, geometry)
     return A / D
+
+
+def _extremum(geometry: str, lo: float, hi: float, sign: float) -> float:
+    """The p in [lo, hi] where ``sign * ad_ratio`` is smallest (golden section; the
+    bracket must hold one extremum). Converges to ~1e-8 relative in p: the ratio is
+    flat there, so its value is exact to float64 rounding."""
+    g = (5**0.5 - 1) / 2
+    a, b = lo, hi
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = sign * float(ad_ratio(c, geometry)), sign * float(ad_ratio(d, geometry))
+    for _ in range(200):
+        if b - a < 1e-12 * b:
+            break
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = sign * float(ad_ratio(c, geometry))
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = sign * float(ad_ratio(d, geometry))
+    return (a + b) / 2
+
+
+#: brackets of the first minimum and the next maximum of A/D (docs/physics.md)
+_FOLD_BRACKET = {"plate": (1.5, 3.5), "sphere": (3.0, 6.0)}
+_PEAK_BRACKET = {"plate": (3.5, 6.5), "sphere": (6.0, 9.0)}
+
+
+@lru_cache(maxsize=None)
+def _fold_points(geometry: str) -> tuple[float, float]:
+    """(p of the minimum of A/D, p of the maximum after it)."""
+    return (
+        _extremum(geometry, *_FOLD_BRACKET[geometry], 1.0),
+        _extremum(geometry, *_PEAK_BRACKET[geometry], -1.0),
+    )
+
+
+def p_fold(geometry: str = "plate") -> float:
+    """The p where A/D is smallest: 2.6544 (plate), 4.5084 (sphere).
+
+    Below it A/D falls monotonically from infinity, so every line shape of a thin
+    enough sample belongs to one p; beyond it A/D rises again and lines repeat shapes
+    of smaller p (see `p_twin`).
+    """
+    return _fold_points(_check_geometry(geometry))[0]
+
+
+def p_twin(p: ArrayLike, geometry: str = "plate") -> NDArray[np.float64]:
+    """The other p that gives exactly the same normalised line shape as ``p``.
+
+    For ``p`` below the fold (`p_fold`) it is the nearest p beyond the fold with the
+    same A/D, on the rising stretch up to the next maximum of A/D (plate: p 2.654 to
+    4.857, A/D 0.3225 to 1.1644; sphere: 4.508 to 7.323, A/D 1.0564 to 1.4677), NaN
+    when A/D(p) is above that maximum (p below about 1.55 plate, 3.43 sphere: no
+    twin). Further twins exist at still larger p where A/D oscillates towards 1
+    (plate, A/D within 0.989-1.164) or falls back to 1 (sphere); this returns the
+    nearest. For ``p`` beyond the fold it is the one p below the fold with the same
+    A/D (always exists). Same shape as ``p`` (a float for a scalar); NaN stays NaN.
+    """
+    geometry = _check_geometry(geometry)
+    arr = np.asarray(p, dtype=np.float64)
+    finite = np.isfinite(arr)
+    if np.any(arr[finite] <= 0):
+        raise ValueError("p must be > 0")
+    fold, peak = _fold_points(geometry)
+    r_peak = float(ad_ratio(peak, geometry))
+    out = np.full(arr.shape, np.nan)
+    below = finite & (arr < fold)
+    beyond = finite & (arr > fold)
+    out[finite & (arr == fold)] = fold
+    # below the fold: bisect on the rising stretch (fold, peak)
+    target = np.where(below, ad_ratio(np.where(below, arr, fold), geometry), np.inf)
+    has = below & (target <= r_peak)
+    if has.any():
+        out[has] = _bisect(target[has], fold, peak, geometry, rising=True)
+    if beyond.any():
+        t = ad_ratio(arr[beyond], geometry)
+        # A/D(p) -> inf as p -> 0: a lower bound where A/D exceeds any target here
+        out[beyond] = _bisect(t, 1e-3, fold, geometry, rising=False)
+    return out[()] if out.ndim == 0 else out
+
+
+def _bisect(
+    target: NDArray[np.float64], lo: float, hi: float, geometry: str, rising: bool
+) -> NDArray[np.float64]:
+    """p in [lo, hi] with A/D(p) == target, A/D monotonic there (vectorised bisection)."""
+    a = np.full(target.shape, lo)
+    b = np.full(target.shape, hi)
+    for _ in range(64):
+        m = 0.5 * (a + b)
+        above = ad_ratio(m, geometry) > target
+        go_left = above if rising else ~above
+        b = np.where(go_left, m, b)
+        a = np.where(go_left, a, m)
+    return 0.5 * (a + b)
 
 
 def _batch(B: NDArray[np.float64], *params: NDArray[np.float64]) -> list[NDArray[np.float64]]:

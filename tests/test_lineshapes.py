@@ -16,6 +16,8 @@ from dysonian_pl.lineshapes import (
     dyson_coefficients,
     dysonian,
     joshi,
+    p_fold,
+    p_twin,
 )
 
 RTOL = 1e-9
@@ -181,6 +183,79 @@ def test_ad_ratio_minimum(geometry, p_min, ratio_min, bounds):
     # A/D diverges for thin samples and tends to 1 for thick ones
     assert ad_ratio(1e-3, geometry) > 1e5
     assert ad_ratio(1e4, geometry) == pytest.approx(1.0, abs=1e-3)
+
+
+
+def ref_ad(p, geometry: str, dps: int = 50):
+    """A/D from the literal closed forms at `dps` digits, as an mpf."""
+    with mp.workdps(dps):
+        p = mp.mpf(p)
+        sh, s, ch, c = mp.sinh(p), mp.sin(p), mp.cosh(p), mp.cos(p)
+        if geometry == "plate":
+            den = ch + c
+            A = (sh + s) / (2 * p * den) + (1 + ch * c) / den**2
+            D = (sh - s) / (2 * p * den) + sh * s / den**2
+        else:
+            cc = ch - c
+            A = (
+                8 / p**4 - 8 * (sh + s) / (p**3 * cc) + 8 * sh * s / (p**2 * cc**2)
+                + (sh - s) / (p * cc) - (sh**2 - s**2) / cc**2 + 1
+            )  # fmt: skip
+            D = (
+                8 * (sh - s) / (p**3 * cc) - 4 * (sh**2 - s**2) / (p**2 * cc**2)
+                + (sh + s) / (p * cc) - 2 * sh * s / cc**2
+            )  # fmt: skip
+        return A / D
+
+
+@pytest.mark.parametrize(("geometry", "start"), [("plate", 2.65), ("sphere", 4.5)])
+def test_p_fold_is_the_minimum_of_ad(geometry, start):
+    h = mp.mpf(10) ** -25  # central difference at 80 digits: exact to ~1e-30
+
+    def slope(q):
+        return (ref_ad(q + h, geometry, 80) - ref_ad(q - h, geometry, 80)) / (2 * h)
+
+    with mp.workdps(80):
+        ref = mp.findroot(slope, (mp.mpf(start) - 0.1, mp.mpf(start) + 0.1), solver="anderson")
+    assert p_fold(geometry) == pytest.approx(float(ref), rel=1e-7)
+    assert p_fold(geometry) == pytest.approx({"plate": 2.65442, "sphere": 4.50850}[geometry], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("geometry", "p"),
+    [("plate", 2.0), ("plate", 1.6), ("plate", 2.5), ("plate", 3.0),
+     ("sphere", 4.0), ("sphere", 3.6), ("sphere", 5.0)],
+)  # fmt: skip
+def test_p_twin_gives_the_same_ad_to_mpmath_precision(geometry, p):
+    """The twin solves A/D(twin) = A/D(p) for the literal closed forms at 50 digits."""
+    got = float(p_twin(p, geometry))
+    fold = p_fold(geometry)
+    assert (got - fold) * (p - fold) < 0  # on the other side of the fold
+    with mp.workdps(50):
+        target = ref_ad(p, geometry)
+        ref = mp.findroot(lambda q: ref_ad(q, geometry) - target, got)
+    assert got == pytest.approx(float(ref), rel=1e-9)
+    # and the two normalised line shapes are the same
+    B = np.linspace(-60.0, 60.0, 2001)
+    a, b = dysonian(B, 0.0, 10.0, p, geometry), dysonian(B, 0.0, 10.0, got, geometry)
+    a, b = a / np.ptp(a), b / np.ptp(b)
+    assert np.max(np.abs(a - b)) < 1e-9
+
+
+def test_p_twin_values_and_edges():
+    # numbers pinned from the mpmath check above (docs/model_card.md quotes them)
+    assert float(p_twin(2.0, "plate")) == pytest.approx(3.351869, abs=1e-5)
+    assert float(p_twin(4.0, "sphere")) == pytest.approx(5.082813, abs=1e-5)
+    # thin samples have no twin; the nearest twin of a thick one is below the fold
+    got = p_twin(np.array([0.05, 0.5, 1.0, 1.5, 4.0, np.nan]), "plate")
+    assert np.isnan(got[[0, 1, 2, 5]]).all()
+    assert float(p_twin(1.6, "plate")) == pytest.approx(4.13, abs=0.01)
+    assert np.isnan(p_twin(3.0, "sphere"))
+    assert got[4] == pytest.approx(1.6377, abs=1e-3)
+    assert p_twin(float(p_twin(2.2, "plate")), "plate") == pytest.approx(2.2, rel=1e-12)
+    assert p_twin(np.ones((2, 3)), "plate").shape == (2, 3)
+    with pytest.raises(ValueError, match="p must be > 0"):
+        p_twin(-1.0)
 
 
 # --------------------------------------------------------------------------- dysonian

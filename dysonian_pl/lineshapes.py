@@ -54,7 +54,7 @@ ulps (measured worst case ~1e-13 relative, against mpmath at 80 digits):
 from __future__ import annotations
 
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -251,7 +251,7 @@ _FOLD_BRACKET = {"plate": (1.5, 3.5), "sphere": (3.0, 6.0)}
 _PEAK_BRACKET = {"plate": (3.5, 6.5), "sphere": (6.0, 9.0)}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fold_points(geometry: str) -> tuple[float, float]:
     """(p of the minimum of A/D, p of the maximum after it)."""
     return (

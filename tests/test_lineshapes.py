@@ -185,7 +185,6 @@ def test_ad_ratio_minimum(geometry, p_min, ratio_min, bounds):
     assert ad_ratio(1e4, geometry) == pytest.approx(1.0, abs=1e-3)
 
 
-
 def ref_ad(p, geometry: str, dps: int = 50):
     """A/D from the literal closed forms at `dps` digits, as an mpf."""
     with mp.workdps(dps):
@@ -218,7 +217,9 @@ def test_p_fold_is_the_minimum_of_ad(geometry, start):
     with mp.workdps(80):
         ref = mp.findroot(slope, (mp.mpf(start) - 0.1, mp.mpf(start) + 0.1), solver="anderson")
     assert p_fold(geometry) == pytest.approx(float(ref), rel=1e-7)
-    assert p_fold(geometry) == pytest.approx({"plate": 2.65442, "sphere": 4.50850}[geometry], abs=1e-5)
+    assert p_fold(geometry) == pytest.approx(
+        {"plate": 2.65442, "sphere": 4.50850}[geometry], abs=1e-5
+    )
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,8 @@ import json
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 #: dB (G) at which the prior work switches from the Dysonian to the Joshi wide-line model.
 WIDE_LINE_THRESHOLD_G = 1000.0
 
@@ -204,6 +206,11 @@ class SimulationConfig:
 
     def replace(self, **changes) -> SimulationConfig:
         return dataclasses.replace(self, **changes)
+
+
+def field_axis(cfg: SimulationConfig) -> np.ndarray:
+    """The model's field axis: `n_points` evenly spaced over `window` (G), float64."""
+    return np.linspace(cfg.window[0], cfg.window[1], cfg.n_points)
 
 
 _SETS_WINDOW_A = (3256.0, 3455.9)

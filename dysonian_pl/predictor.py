@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import CHECKPOINT_FORMAT
 from .model import DysonNet, fuse_for_inference
 from .params import SimulationConfig
 
@@ -29,9 +30,6 @@ __all__ = [
     "build_network",
     "hyper_parameters",
 ]
-
-#: Bumped when a checkpoint written by this version cannot be read by older code.
-CHECKPOINT_FORMAT = 1
 
 
 class TargetScaler(nn.Module):

@@ -5,45 +5,76 @@ Training (simulated spectra), inference on real files and evaluation all end in
 through `prepare_real` (finite points, sorted field, baseline, resampling onto the
 model's axis). The network builds its own input channels from the normalised
 spectrum (`model.input_channels`), so nothing here can disagree with training.
+
+The functions take numpy arrays (prediction on files: no torch import) or torch
+tensors (training); both kinds go through the same arithmetic in the same dtype.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
+
+#: A batch of spectra: a numpy array (prediction from files) or a torch tensor (training).
+Spectra = TypeVar("Spectra", np.ndarray, "torch.Tensor")
 
 
-def polarity_sign(s: torch.Tensor) -> torch.Tensor:
+def polarity_sign(s: Spectra) -> Spectra:
     """+1 or -1 per row: -1 where the first extremum is a minimum (physics.md polarity rule).
 
     For every p > 0 a whole Dysonian line has its low-field lobe positive, so a
-    correctly phased line with increasing field has its maximum first.
+    correctly phased line with increasing field has its maximum first. `s` is a numpy
+    array or a torch tensor (..., L); the result is of the same kind, shape (..., 1).
     """
     return _extrema(s)[0]
 
 
-def _extrema(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _extrema(s: Spectra) -> tuple[Spectra, Spectra]:
+    if isinstance(s, np.ndarray):
+        imax = np.argmax(s, axis=-1)[..., None]
+        imin = np.argmin(s, axis=-1)[..., None]
+        hi = np.take_along_axis(s, imax, axis=-1)
+        lo = np.take_along_axis(s, imin, axis=-1)
+        sign = np.where(imin < imax, -1.0, 1.0).astype(s.dtype)
+        return sign, np.maximum(hi - lo, np.finfo(s.dtype).tiny)
+    import torch  # a tensor: torch is loaded already
+
     hi, imax = s.max(dim=-1, keepdim=True)
     lo, imin = s.min(dim=-1, keepdim=True)
     sign = torch.where(imin < imax, -1.0, 1.0).to(s.dtype)
     return sign, (hi - lo).clamp_min(torch.finfo(s.dtype).tiny)
 
 
-def _span(s: torch.Tensor) -> torch.Tensor:
+def _span(s: Spectra) -> Spectra:
+    if isinstance(s, np.ndarray):
+        span = np.max(s, axis=-1, keepdims=True) - np.min(s, axis=-1, keepdims=True)
+        return np.maximum(span, np.finfo(s.dtype).tiny)
+    import torch
+
     # amax/amin: no indices, several times faster than max/min(dim) on a CPU
     hi, lo = s.amax(dim=-1, keepdim=True), s.amin(dim=-1, keepdim=True)
     return (hi - lo).clamp_min(torch.finfo(s.dtype).tiny)
 
 
-def normalise(
-    s: torch.Tensor, *, polarity: bool = True, out: torch.Tensor | None = None
-) -> torch.Tensor:
+def normalise(s: Spectra, *, polarity: bool = True, out: Spectra | None = None) -> Spectra:
     """Apply the polarity rule (optional) and scale each row to peak-to-peak 1.
 
-    `out` may be `s` itself (in place) or another tensor of its shape.
+    `s` is a floating-point numpy array or torch tensor (..., L); the result is of the
+    same kind and dtype (the same arithmetic in both, so the same numbers). `out` may
+    be `s` itself (in place) or another array/tensor of its shape.
     """
+    if isinstance(s, np.ndarray):
+        if polarity:
+            sign, ptp = _extrema(s)
+            return np.multiply(s, sign / ptp, out=out)
+        return np.divide(s, _span(s), out=out)
+    import torch
+
     if polarity:
         sign, ptp = _extrema(s)
         return torch.mul(s, sign / ptp, out=out) if out is not None else s * (sign / ptp)
@@ -115,7 +146,6 @@ def prepare_real(
     scale = float(np.ptp(resampled))
     if not scale > 0:
         raise ValueError(f"{name}: the spectrum is constant inside the model's window")
-    t = torch.from_numpy(resampled.astype(np.float32))[None]
-    sign = float(polarity_sign(t)[0, 0])
-    out = normalise(t)[0].numpy()
-    return Prepared(out, sign < 0, baseline, scale, coverage, warnings)
+    t = resampled.astype(np.float32)
+    sign = float(polarity_sign(t)[0])
+    return Prepared(normalise(t), sign < 0, baseline, scale, coverage, warnings)

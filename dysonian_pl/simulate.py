@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from .lineshapes import dyson_coefficients, joshi
 from .params import SimulationConfig
+from .params import field_axis as field_axis  # re-exported: torch-free in params
 from .preprocess import normalise
 
 _NOISE_BANK_SIZE = 1 << 23
@@ -257,7 +258,3 @@ def _spikes(cfg: SimulationConfig, seed: int, index: np.ndarray) -> torch.Tensor
         )[:, None]
         total += a * torch.exp(-math.log(2.0) * z * z)  # half width at half maximum = hw points
     return total
-
-
-def field_axis(cfg: SimulationConfig) -> np.ndarray:
-    return np.linspace(cfg.window[0], cfg.window[1], cfg.n_points)

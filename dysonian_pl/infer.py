@@ -6,15 +6,19 @@
 resampling onto the model's axis, polarity rule, peak-to-peak 1), predicts the line
 parameters with the CNN, and rebuilds the predicted line in the file's units by a
 linear least-squares fit of amplitude and a straight baseline. It writes
-``predictions.csv`` and ``predictions.json`` (atomically) and one overlay PNG per
-spectrum, and prints a Markdown table.
+``predictions.csv`` and ``predictions.json`` (atomically) and one overlay plot per
+spectrum (SVG drawn by `svgplot` without matplotlib, or PNG with ``--plot-format png``), and
+prints a Markdown table.
 
 A window-agnostic model (``sim.relative_window``) reads every file on the file's own
 sweep: the sweep is resampled onto ``n_points`` and mapped onto the model's nominal
 window, and its predictions are mapped back (`to_physical`). A model trained with
 ``uncertainty`` adds calibrated standard deviations (``B0_sigma``, ...). Without
 ``--ckpt`` the pretrained model shipped in ``dysonian_pl/pretrained/`` is used
-(`default_checkpoint`).
+(`load_pretrained`): its numpy export (``universal-*.npz``, `npnet`), so that one file
+is read without importing torch (or matplotlib, scipy, Lightning) at all; the ``.ckpt``
+beside it (with torch) only if the export is missing or was not made from that
+``.ckpt``.
 
 Checkpoints are read with ``torch.load(weights_only=True)`` (no unpickling of
 arbitrary objects); the model is rebuilt from the checkpoint's plain
@@ -39,41 +43,49 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from . import __version__
+from . import CHECKPOINT_FORMAT, __version__
 from .atomic import atomic_open
-from .lineshapes import dysonian, joshi
-from .params import GEOMETRIES, PARAMETERS
-from .predictor import CHECKPOINT_FORMAT, Predictor
+from .lineshapes import dysonian, joshi, p_fold, p_twin
+from .npnet import ModelFileError, NumpyPredictor, load_npz, sha256_of
+from .params import GEOMETRIES, PARAMETERS, field_axis
 from .preprocess import normalise, prepare_real
 from .readers import SpectrumFileError, read_spectrum
-from .simulate import field_axis
+from .svgplot import overlay_svg
+
+if TYPE_CHECKING:  # torch is imported only for a .ckpt (see the module docstring)
+    from .predictor import Predictor
 
 __all__ = [
     "CheckpointError",
     "default_checkpoint",
+    "default_npz",
+    "load_pretrained",
     "to_physical",
     "load_model",
     "predict_arrays",
+    "predict_zoomed",
+    "read_zoomed",
+    "twin_of",
     "infer_files",
     "expand_inputs",
     "main",
 ]
 
+#: Overlay plot formats: SVG drawn by `svgplot.overlay_svg` (no matplotlib), PNG by matplotlib.
+PLOT_FORMATS = ("svg", "png")
 #: Spectra per forward pass in `predict_arrays`.
 BATCH = 256
 #: Below this many spectra `predict_arrays` runs on one thread unless told otherwise.
 SMALL_BATCH = 64
 #: A prediction this close to an end of its training range (fraction of the span) is flagged.
 EDGE_FRACTION = 0.02
-#: p's standard deviation above this fraction of its training span is flagged.
+#: p's standard deviation above this fraction of its training span is flagged (and, with
+#: a twin (`lineshapes.p_twin`), reported as the twin ambiguity).
 P_SIGMA_FRACTION = 0.15
-#: p beyond which the line shape folds back: different p give nearly the same line.
-P_FOLD = {"plate": 2.6, "sphere": 4.5}
 #: A window-agnostic model reads a narrow line again on a window zoomed around it: when
 #: dB is below ZOOM_BELOW of the window read, the next window is centred on B0 with dB
 #: at ZOOM_TARGET of it (the log-middle of the trained 1-50 %), inside the measured
@@ -135,9 +147,14 @@ UNITS = {
     "window_lo": "G (the window the model read: the sweep, or a zoom around a narrow line)",
     "window_hi": "G",
     "zoom": "sweep width / window width (1: no zoom)",
+    "plot": "overlay plot in the output folder (measured, reconstructed line, residual)",
     "B0_sigma": "G, calibrated standard deviation of B0 (68 % of errors inside +-1 sigma)",
     "dB_sigma": "G, calibrated standard deviation of dB",
     "p_sigma": "calibrated standard deviation of p",
+    "p_twin": (
+        "the other p that gives exactly the same line shape as p (the other side of the fold "
+        "of A/D, dysonian_pl.lineshapes.p_twin); empty/null where there is none"
+    ),
     "alpha_sigma": "calibrated standard deviation of alpha",
 }
 
@@ -162,6 +179,40 @@ def default_checkpoint(geometry: str = "plate") -> str | None:
     """Path of the shipped window-agnostic model for `geometry`, or None if not installed."""
     path = _pretrained_dir() / pretrained_name(geometry)
     return os.fspath(path) if path.is_file() else None
+
+
+def default_npz(geometry: str = "plate") -> str | None:
+    """Path of the numpy export of the shipped model (`npnet`), or None if not installed."""
+    path = _pretrained_dir() / pretrained_name(geometry).replace(".ckpt", ".npz")
+    return os.fspath(path) if path.is_file() else None
+
+
+def load_pretrained(geometry: str = "plate", *, say=None) -> Predictor | NumpyPredictor | None:
+    """The shipped model for `geometry`: its numpy export if that was made from the
+    shipped checkpoint (sha256 recorded in the .npz), else the checkpoint with torch;
+    None if neither is installed.
+
+    `say(message)` receives a line when the .npz is stale or unreadable and the
+    checkpoint is used instead (default: stderr).
+    """
+    say = say or (lambda m: print(m, file=sys.stderr))
+    ckpt, npz = default_checkpoint(geometry), default_npz(geometry)
+    if npz is not None:
+        try:
+            model = load_model(npz)
+        except CheckpointError as e:
+            if ckpt is None:
+                raise
+            say(f"warning: {e}; using {Path(ckpt).name} with torch (slower start)")
+        else:
+            if ckpt is None or sha256_of(ckpt) == model.source_sha256:
+                return model
+            say(
+                f"warning: {Path(npz).name} was not made from the installed "
+                f"{Path(ckpt).name} (sha256 differs); using the .ckpt with torch (slower "
+                f"start); rewrite it with: python scripts/export_pretrained.py --npz-only {ckpt}"
+            )
+    return load_model(ckpt) if ckpt is not None else None
 
 
 def to_physical(
@@ -196,7 +247,7 @@ def to_physical(
 
 
 def predict_zoomed(
-    model: Predictor,
+    model: Predictor | NumpyPredictor,
     field: np.ndarray,
     spectra: np.ndarray,
     *,
@@ -211,31 +262,71 @@ def predict_zoomed(
     `windows` (N, 2) are the windows of the final readings.
     """
     field = np.asarray(field, dtype=np.float64)
+    spectra = np.asarray(spectra)
     sweep = (float(field[0]), float(field[-1]))
-    values, sigmas = predict_arrays(model, spectra, return_sigma=True)
-    values, sigmas = to_physical(model, values, sigmas, sweep)
-    windows = np.tile(np.asarray(sweep, dtype=np.float64), (len(values), 1))
-    todo = np.arange(len(values))
-    for _ in range(rounds if getattr(model.sim, "relative_window", False) else 0):
-        again, batch = [], []
+    n = len(spectra)
+    values, sigmas, windows, _ = read_zoomed(
+        model,
+        spectra,
+        [sweep] * n,
+        lambda k, axis: prepare_real(field, spectra[k], axis),
+        rounds=rounds,
+    )
+    return values, sigmas, windows
+
+
+def read_zoomed(
+    model: Predictor | NumpyPredictor,
+    first: np.ndarray,
+    sweeps: list[tuple[float, float]],
+    prepare,
+    *,
+    rounds: int = ZOOM_ROUNDS,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, tuple[Any, np.ndarray]]]:
+    """The zoom rule, batched: the one loop behind `infer_files` and `predict_zoomed`.
+
+    `first` (N, n_points): the spectra prepared on their first windows, which are the
+    `sweeps` (for a fixed-window model, only used to map nothing: see `to_physical`).
+    Every round predicts all spectra still to read in one `predict_arrays` call; for a
+    window-agnostic model each narrow line (`zoom_window`) is then prepared again by
+    ``prepare(k, axis)`` on ``n_points`` over its new window and read in the next round,
+    at most `rounds` times; a `ValueError` from `prepare` keeps the wider window's
+    answer. Returns (values, sigmas) (N, 3) in physical units, the windows (N, 2) of the
+    final readings and {k: (prepared, axis)} for the spectra read on a zoomed window.
+    """
+    n = len(first)
+    values = np.full((n, 3), np.nan)
+    sigmas = np.full((n, 3), np.nan)
+    windows = np.array(sweeps, dtype=np.float64).reshape(n, 2)
+    zoomed: dict[int, tuple[Any, np.ndarray]] = {}
+    if n == 0:
+        return values, sigmas, windows, zoomed
+    relative = bool(getattr(model.sim, "relative_window", False))
+    todo, batch = list(range(n)), first
+    for zoom_round in range(rounds + 1):
+        v, sg = predict_arrays(model, batch, return_sigma=True)
+        for j, k in enumerate(todo):
+            values[k], sigmas[k] = to_physical(model, v[j], sg[j], tuple(windows[k]))
+        if not relative or zoom_round == rounds:
+            break
+        again, spectra = [], []
         for k in todo:
-            new = zoom_window(values[k, 0], values[k, 1], sweep, tuple(windows[k]))
+            new = zoom_window(values[k, 0], values[k, 1], sweeps[k], tuple(windows[k]))
             if new is None:
                 continue
             axis = np.linspace(new[0], new[1], model.sim.n_points)
             try:
-                batch.append(prepare_real(field, spectra[k], axis).spectrum)
+                prep = prepare(k, axis)
             except ValueError:
-                continue
-            again.append(k)
+                continue  # keep the wider window's answer
+            zoomed[k] = (prep, axis)
             windows[k] = new
+            again.append(k)
+            spectra.append(prep.spectrum)
         if not again:
             break
-        v, sg = predict_arrays(model, np.stack(batch), return_sigma=True)
-        for j, k in enumerate(again):
-            values[k], sigmas[k] = to_physical(model, v[j], sg[j], tuple(windows[k]))
-        todo = np.asarray(again)
-    return values, sigmas, windows
+        todo, batch = again, np.stack(spectra)
+    return values, sigmas, windows, zoomed
 
 
 # --------------------------------------------------------------------------- #
@@ -275,6 +366,8 @@ def read_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> dict:
             f"checkpoint {name}: not a PyTorch checkpoint file (expected a .ckpt written by "
             "dysonian_pl training)"
         )
+    import torch
+
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -313,7 +406,7 @@ def read_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> dict:
     return ckpt
 
 
-def load_model(ckpt_path: str | os.PathLike, *, trust: bool = False) -> Predictor:
+def load_model(ckpt_path: str | os.PathLike, *, trust: bool = False) -> Predictor | NumpyPredictor:
     """A `predictor.Predictor` in eval mode on the CPU, cached per file within the process.
 
     It predicts exactly what the checkpoint's `module.DysonianRegressor` predicts
@@ -321,6 +414,9 @@ def load_model(ckpt_path: str | os.PathLike, *, trust: bool = False) -> Predicto
     key includes the file's size and modification time, so a rewritten checkpoint is
     read again. `model.checkpoint_meta` holds the checkpoint's ``dysonian_pl`` section
     plus its resolved path.
+
+    A path ending in ``.npz`` (the numpy export of a fast model, `npnet`) gives a
+    `npnet.NumpyPredictor` instead, without importing torch.
     """
     p = Path(ckpt_path).expanduser()
     try:
@@ -330,6 +426,16 @@ def load_model(ckpt_path: str | os.PathLike, *, trust: bool = False) -> Predicto
         key = ()
     if key and key in _MODEL_CACHE:
         return _MODEL_CACHE[key]
+    if p.suffix.lower() == ".npz":
+        try:
+            model = load_npz(p)
+        except ModelFileError as e:
+            raise CheckpointError(str(e)) from None
+        if key:
+            _MODEL_CACHE[key] = model
+        return model
+    from .predictor import Predictor  # imports torch
+
     ckpt = read_checkpoint(p, trust=trust)
     try:
         model = Predictor.from_checkpoint(ckpt)
@@ -346,7 +452,7 @@ def load_model(ckpt_path: str | os.PathLike, *, trust: bool = False) -> Predicto
 # prediction
 # --------------------------------------------------------------------------- #
 def predict_arrays(
-    model: Predictor,
+    model: Predictor | NumpyPredictor,
     spectra: np.ndarray,
     *,
     batch: int = BATCH,
@@ -365,7 +471,8 @@ def predict_arrays(
     (restored afterwards); by default one thread below `SMALL_BATCH` spectra, where
     thread start-up costs more than it saves (measured 10 ms on 1 thread vs 20-870 ms
     on 2 threads of a busy 2-core machine for one 512-point spectrum), and torch's
-    setting otherwise.
+    setting otherwise. A `npnet.NumpyPredictor` runs in numpy (`threads` unused: numpy's
+    BLAS keeps its own setting) and never imports torch.
     """
     x = np.asarray(spectra, dtype=np.float32)
     if x.ndim == 1:
@@ -378,6 +485,15 @@ def predict_arrays(
     out = np.empty((x.shape[0], 3), dtype=np.float64)
     sig = np.full((x.shape[0], 3), np.nan, dtype=np.float64)
     with_sigma = return_sigma and bool(getattr(model, "uncertainty", False))
+    if isinstance(model, NumpyPredictor):
+        for a in range(0, x.shape[0], batch):
+            if with_sigma:
+                out[a : a + batch], sig[a : a + batch] = model.predict_with_sigma(x[a : a + batch])
+            else:
+                out[a : a + batch] = model.predict_physical(x[a : a + batch])
+        return (out, sig) if return_sigma else out
+    import torch
+
     if threads is None and x.shape[0] < SMALL_BATCH:
         threads = 1
     previous_threads = torch.get_num_threads()
@@ -410,8 +526,7 @@ def model_line(model: Predictor, axis: np.ndarray, params: np.ndarray) -> np.nda
         line = joshi(axis, B0, dB, max(third, 0.0))
     else:
         line = dysonian(axis, B0, dB, max(third, 1e-9), model.sim.geometry)
-    t = torch.from_numpy(np.asarray(line, dtype=np.float64))[None]
-    return normalise(t)[0].numpy()
+    return normalise(np.asarray(line, dtype=np.float64))
 
 
 @dataclass
@@ -531,6 +646,45 @@ def _relative_range_warnings(
     return out
 
 
+def twin_of(model: Predictor | NumpyPredictor, p: float) -> float:
+    """The other p with exactly the line shape of `p` (`lineshapes.p_twin`) for the
+    model's geometry; NaN where there is none, for a wide-line model (no p) and for a
+    p that is not a positive number."""
+    if "p" not in model.names or not (math.isfinite(p) and p > 0):
+        return math.nan
+    return float(p_twin(p, model.sim.geometry))
+
+
+def _p_twin_warning(model: Predictor | NumpyPredictor, p: float, s_p: float) -> str | None:
+    """The identifiability warning for p: its interval p +- 2 sigma reaches the fold of
+    A/D (`lineshapes.p_fold`), or it has a twin and a large sigma (above
+    `P_SIGMA_FRACTION` of its training span); else a plain large-sigma warning, or None.
+    Needs a finite sigma (a model with ``uncertainty``)."""
+    if not (math.isfinite(p) and math.isfinite(s_p)):
+        return None
+    geometry = model.sim.geometry
+    fold = p_fold(geometry)
+    p_lo, p_hi = model.sim.ranges()["p"]
+    large = s_p > P_SIGMA_FRACTION * (p_hi - p_lo)
+    reaches = p - 2 * s_p <= fold <= p + 2 * s_p
+    twin = twin_of(model, p)
+    if math.isfinite(twin) and (reaches or large):
+        return (
+            f"p = {p:.3g} and p = {twin:.3g} give the same line shape ({geometry}); the shape "
+            f"alone cannot tell them apart (p ± 2 sigma = {p - 2 * s_p:.3g} to "
+            f"{p + 2 * s_p:.3g}; the fold where A/D is smallest is at p = {fold:.4g})"
+        )
+    if reaches:
+        return (
+            f"p = {p:.3g} ± {s_p:.2g} reaches the fold at p = {fold:.4g} ({geometry}) "
+            "beyond which lines repeat the shapes of smaller p; the shape alone cannot tell "
+            "them apart"
+        )
+    if large:
+        return f"p is poorly determined by the line shape here (p = {p:.3g} ± {s_p:.2g})"
+    return None
+
+
 def _warnings_for(
     model: Predictor,
     params: np.ndarray,
@@ -590,17 +744,11 @@ def _warnings_for(
                 "treat with caution"
             )
     if sigmas is not None and "p" in names:
-        i = names.index("p")
-        s_p = float(sigmas[i])
-        p_lo, p_hi = ranges["p"]
-        if math.isfinite(s_p) and s_p > P_SIGMA_FRACTION * (p_hi - p_lo):
-            geometry = model.sim.geometry
-            fold = P_FOLD.get(geometry)
-            beyond = f"beyond p ≈ {fold:g} " if fold is not None else ""
-            out.append(
-                f"p is poorly determined by the line shape here (sigma {s_p:.2g}): {beyond}"
-                f"different p give nearly the same line ({geometry})"
-            )
+        warning = _p_twin_warning(
+            model, float(params[names.index("p")]), float(sigmas[names.index("p")])
+        )
+        if warning:
+            out.append(warning)
     if prep.flipped:
         out.append(
             "polarity flipped: the first extremum is a minimum (reversed sweep or a phase "
@@ -666,8 +814,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
-def _png_names(stems: list[str]) -> list[str]:
-    """Unique (case-insensitively) PNG file names from stems: a, a-2, a-3, ..."""
+def _plot_names(stems: list[str], ext: str = "svg") -> list[str]:
+    """Unique (case-insensitively) plot file names from stems: a, a-2, a-3, ... + .ext"""
     used: set[str] = {"predictions"}
     names = []
     for stem in stems:
@@ -677,7 +825,7 @@ def _png_names(stems: list[str]) -> list[str]:
             k += 1
             cand = f"{stem}-{k}"
         used.add(cand.lower())
-        names.append(cand + ".png")
+        names.append(f"{cand}.{ext}")
     return names
 
 
@@ -738,6 +886,7 @@ def _model_info(model: Predictor) -> dict:
     relative = bool(getattr(sim, "relative_window", False))
     info = {
         "checkpoint": meta.get("path"),
+        "engine": "numpy" if isinstance(model, NumpyPredictor) else "torch",
         "checkpoint_format": meta.get("format"),
         "trained_with_dysonian_pl": meta.get("package_version"),
         "dysonian_pl_version": __version__,
@@ -749,6 +898,9 @@ def _model_info(model: Predictor) -> dict:
         "uncertainty": _has_sigma(model),
         "training_ranges": {k: list(v) for k, v in sim.ranges().items()},
     }
+    if isinstance(model, NumpyPredictor):  # the .npz export of a checkpoint: which one
+        info["exported_from"] = meta.get("source_checkpoint")
+        info["exported_from_sha256"] = meta.get("source_sha256")
     if relative:
         w0, w1 = sim.window
         span = w1 - w0
@@ -769,9 +921,11 @@ def _columns(model: Predictor, polish: bool) -> list[str]:
     cols = ["file", "path", "status", *model.names]
     if _has_sigma(model):
         cols += [f"{n}_sigma" for n in model.names]
+    if "p" in model.names:
+        cols += ["p_twin"]
     cols += ["amplitude", "baseline_offset", "baseline_slope", "rms_residual"]
     cols += ["flipped", "coverage", "sweep_lo", "sweep_hi", "window_lo", "window_hi", "zoom"]
-    cols += ["n_points_file", "png"]
+    cols += ["n_points_file", "plot"]
     if polish:
         for n in model.names:
             cols += [f"lsq_{n}", f"lsq_{n}_stderr"]
@@ -783,7 +937,11 @@ def _columns(model: Predictor, polish: bool) -> list[str]:
 def _write_csv(path: Path, rows: list[dict], cols: list[str], model: Predictor) -> None:
     buf = io.StringIO()
     info = _model_info(model)
-    buf.write(f"# dysonian_pl {__version__} infer; checkpoint {info['checkpoint']}\n")
+    source = ""
+    if info["engine"] == "numpy":
+        sha = str(info.get("exported_from_sha256") or "")[:16]
+        source = f" (numpy export of {info.get('exported_from')}, sha256 {sha}...)"
+    buf.write(f"# dysonian_pl {__version__} infer; checkpoint {info['checkpoint']}{source}\n")
     if info["relative_window"]:
         window = "each file's own sweep (window-agnostic model)"
     else:
@@ -807,7 +965,7 @@ def _write_csv(path: Path, rows: list[dict], cols: list[str], model: Predictor) 
 def _units(model: Predictor) -> dict[str, str]:
     out = {}
     for k, v in UNITS.items():
-        base = k.removesuffix("_sigma")
+        base = k.removesuffix("_sigma").removesuffix("_twin")
         if base in ("alpha", "p") and base not in model.names:
             continue
         if k.endswith("_sigma") and not _has_sigma(model):
@@ -879,12 +1037,13 @@ def infer_files(
     out_dir: str | os.PathLike = "infer_out",
     *,
     plots: bool = True,
+    plot_format: str = "svg",
     polish: bool = False,
     progress: bool | None = None,
     trust: bool = False,
     quiet: bool = False,
 ) -> list[dict]:
-    """Predict (B0, dB, p) for every file; write CSV, JSON and overlay PNGs under `out_dir`.
+    """Predict (B0, dB, p) for every file; write CSV, JSON and overlay plots under `out_dir`.
 
     `paths` are files or glob patterns. A file that cannot be read or prepared gives a
     row with ``status == "error"`` and an ``error`` message; the others continue.
@@ -892,8 +1051,14 @@ def infer_files(
     `load_model`, or a `module.DysonianRegressor`). `progress`: None shows a
     tqdm bar for more than one file when stderr is a terminal. Warnings go to stderr
     (unless `quiet`) and into each row's ``warnings`` (joined by "; "). All prepared
-    spectra go through the network in one `predict_arrays` call.
+    spectra go through the network in one `predict_arrays` call per zoom round
+    (`read_zoomed`). `plot_format`: ``"svg"`` (drawn by `svgplot`, no matplotlib) or
+    ``"png"`` (matplotlib); the ``plot`` column names each file's plot.
     """
+    if plot_format not in PLOT_FORMATS:
+        raise ValueError(
+            f"plot_format: must be one of {', '.join(PLOT_FORMATS)} (got {plot_format!r})"
+        )
     model = load_model(ckpt, trust=trust) if isinstance(ckpt, (str, os.PathLike)) else ckpt
     if not hasattr(model, "checkpoint_meta"):
         model.checkpoint_meta = {"path": None, "format": CHECKPOINT_FORMAT}
@@ -904,7 +1069,8 @@ def infer_files(
     with_sigma = _has_sigma(model)
     names = model.names
     inputs = expand_inputs(paths)
-    pngs = _png_names([Path(p).stem if p else "" for _, p in inputs]) if plots else []
+    stems = [Path(p).stem if p else "" for _, p in inputs]
+    plot_names = _plot_names(stems, plot_format) if plots else []
 
     show = progress if progress is not None else (len(inputs) > 1 and sys.stderr.isatty())
     bar = None
@@ -955,40 +1121,23 @@ def infer_files(
 
         # 2. batched forward passes (nominal units for a window-agnostic model), then,
         # for a window-agnostic model, narrow lines again on windows zoomed around them
-        n_ready = len(ready)
-        params_all = np.full((n_ready, 3), np.nan)
-        sigma_all = np.full((n_ready, 3), np.nan)
-        windows = [r[4] for r in ready]
-        todo = list(range(n_ready))
-        for zoom_round in range(ZOOM_ROUNDS + 1):
-            if not todo:
-                break
-            batch = np.stack([ready[k][2].spectrum for k in todo])
-            predictions, sigmas = predict_arrays(model, batch, return_sigma=True)
-            for j, k in enumerate(todo):
-                params_all[k], sigma_all[k] = to_physical(
-                    model, predictions[j], sigmas[j], windows[k]
-                )
-            if not relative or zoom_round == ZOOM_ROUNDS:
-                break
-            again = []
-            for k in todo:
-                i, spec, prep, axis, sweep = ready[k]
-                new = zoom_window(params_all[k][0], params_all[k][1], sweep, windows[k])
-                if new is None:
-                    continue
-                new_axis = np.linspace(new[0], new[1], model.sim.n_points)
-                try:
-                    new_prep = prepare_real(
-                        spec.field, spec.intensity, new_axis, name=Path(spec.path).name
-                    )
-                except ValueError:
-                    continue  # keep the wider window's answer
-                ready[k] = (i, spec, new_prep, new_axis, sweep)
-                windows[k] = new
-                rows[i]["zoom"] = (sweep[1] - sweep[0]) / (new[1] - new[0])
-                again.append(k)
-            todo = again
+        first = (
+            np.stack([r[2].spectrum for r in ready])
+            if ready
+            else np.empty((0, model.sim.n_points), np.float32)
+        )
+
+        def prepare_again(k: int, new_axis: np.ndarray):
+            spec = ready[k][1]
+            return prepare_real(spec.field, spec.intensity, new_axis, name=Path(spec.path).name)
+
+        params_all, sigma_all, windows, zoomed = read_zoomed(
+            model, first, [r[4] for r in ready], prepare_again, rounds=ZOOM_ROUNDS
+        )
+        for k, (new_prep, new_axis) in zoomed.items():
+            i, spec, _, _, sweep = ready[k]
+            ready[k] = (i, spec, new_prep, new_axis, sweep)
+            rows[i]["zoom"] = (sweep[1] - sweep[0]) / (windows[k, 1] - windows[k, 0])
 
         # 3. to the file's units; reconstruct, warn, polish, plot
         for k, (i, spec, prep, axis, sweep) in enumerate(ready):
@@ -1016,6 +1165,8 @@ def infer_files(
                     "trust these numbers"
                 )
             row.update({n: float(v) for n, v in zip(names, params, strict=True)})
+            if "p" in names:
+                row["p_twin"] = twin_of(model, row["p"])
             if with_sigma:
                 row.update({f"{n}_sigma": float(v) for n, v in zip(names, sigma, strict=True)})
             row.update(
@@ -1043,9 +1194,10 @@ def infer_files(
                     _fmt_value(n, float(v), float(e) if with_sigma else None)
                     for n, v, e in zip(names, params, sigma, strict=True)
                 )
-                png = _overlay_png(axis, prep.spectrum, fit.reconstructed_norm, covered, title)
-                _atomic_write(out / pngs[i], png)
-                row["png"] = pngs[i]
+                draw = _overlay_png if plot_format == "png" else overlay_svg
+                image = draw(axis, prep.spectrum, fit.reconstructed_norm, covered, title)
+                _atomic_write(out / plot_names[i], image)
+                row["plot"] = plot_names[i]
             row["warnings"] = "; ".join(warns)
             row["error"] = ""
             for w in warns:
@@ -1059,7 +1211,7 @@ def infer_files(
     cols = _columns(model, polish)
     for row in rows:
         for c in cols:
-            row.setdefault(c, "" if c in ("warnings", "error", "png") else None)
+            row.setdefault(c, "" if c in ("warnings", "error", "plot") else None)
     _write_csv(out / "predictions.csv", rows, cols, model)
     _write_json(out / "predictions.json", rows, model)
     return rows
@@ -1089,13 +1241,14 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m dysonian_pl infer",
         description="Read spectrometer files (BES3T .DSC/.DTA, ESP/WinEPR .par/.spc, text), "
-        "predict B0, dB, p with a trained model, write predictions.csv/.json and overlay PNGs.",
+        "predict B0, dB, p with a trained model, write predictions.csv/.json and overlay plots.",
     )
     ap.add_argument("inputs", nargs="+", metavar="FILE_OR_GLOB", help="spectrum files or globs")
     ap.add_argument(
         "--ckpt",
-        help="model checkpoint (.ckpt) written by dysonian_pl training (default: the "
-        "pretrained window-agnostic model shipped with the package)",
+        help="model checkpoint (.ckpt) written by dysonian_pl training, or its numpy export "
+        "(.npz, scripts/export_pretrained.py) (default: the pretrained window-agnostic "
+        "model shipped with the package, run in numpy)",
     )
     ap.add_argument(
         "--geometry",
@@ -1104,7 +1257,13 @@ def _parser() -> argparse.ArgumentParser:
         "(default plate); with --ckpt it must be the checkpoint's geometry",
     )
     ap.add_argument("--out", default="infer_out", help="output folder (default: infer_out)")
-    ap.add_argument("--no-plots", action="store_true", help="do not write overlay PNGs")
+    ap.add_argument("--no-plots", action="store_true", help="do not write overlay plots")
+    ap.add_argument(
+        "--plot-format",
+        choices=PLOT_FORMATS,
+        default="svg",
+        help="overlay plot format: svg (default, written without matplotlib) or png (matplotlib)",
+    )
     ap.add_argument(
         "--polish",
         action="store_true",
@@ -1130,8 +1289,15 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return int(e.code) if isinstance(e.code, int) else 2
     geometry = args.geometry or "plate"
-    ckpt = args.ckpt or default_checkpoint(geometry)
-    if not ckpt:
+    t0 = time.perf_counter()
+    try:
+        model = load_model(args.ckpt, trust=args.trust) if args.ckpt else load_pretrained(geometry)
+    except CheckpointError as e:
+        if args.verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if model is None:
         print(
             "error: no checkpoint given: pass --ckpt (the pretrained "
             f"{geometry} model dysonian_pl/pretrained/{pretrained_name(geometry)} is not "
@@ -1139,27 +1305,26 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    t0 = time.perf_counter()
-    try:
-        model = load_model(ckpt, trust=args.trust)
-    except CheckpointError as e:
-        if args.verbose:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     if args.geometry and model.sim.geometry != args.geometry:
         print(
-            f"error: --geometry {args.geometry}: the checkpoint {Path(ckpt).name} is a "
+            f"error: --geometry {args.geometry}: the checkpoint {Path(args.ckpt).name} is a "
             f"{model.sim.geometry} model",
             file=sys.stderr,
         )
         return 2
+    if args.verbose:
+        engine = "numpy" if isinstance(model, NumpyPredictor) else "torch"
+        where = model.checkpoint_meta.get("path")
+        print(
+            f"model {where} ({engine}), loaded in {time.perf_counter() - t0:.2f} s", file=sys.stderr
+        )
     try:
         rows = infer_files(
             args.inputs,
             model,
             args.out,
             plots=not args.no_plots,
+            plot_format=args.plot_format,
             polish=args.polish,
             progress=True if args.progress else None,
         )

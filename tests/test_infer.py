@@ -23,6 +23,7 @@ from dysonian_pl.simulate import field_axis, simulate
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_spectra"
 STRONG1 = REAL / "easyspin-eprfiles" / "strong1.dta"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 def _real(path: Path) -> Path:
@@ -142,6 +143,29 @@ def test_default_checkpoint_is_used_without_ckpt(rel_ckpt, tmp_path, monkeypatch
     assert " ± " in captured.out
     doc = json.loads((out / "predictions.json").read_text())
     assert doc["model"]["checkpoint"].endswith("universal-plate.ckpt")
+    assert doc["model"]["engine"] == "torch"  # no .npz beside it
+    # with its numpy export beside it: that, with the same numbers to float32 rounding (on
+    # the whole sweep: this barely trained model reads absurdly narrow lines, and zooming
+    # 10^4-fold onto them amplifies any rounding difference)
+    from dysonian_pl.npnet import TOLERANCE, export_npz
+
+    monkeypatch.setattr(infer, "ZOOM_ROUNDS", 0)
+    export_npz(shipped / "universal-plate.ckpt", shipped / "universal-plate.npz")
+    assert (
+        infer.main([str(spectrum), "--out", str(out), "--no-plots", "--ckpt", str(rel_ckpt)]) == 0
+    )
+    doc = json.loads((out / "predictions.json").read_text())
+    assert infer.main([str(spectrum), "--out", str(tmp_path / "np"), "--no-plots"]) == 0
+    doc_np = json.loads((tmp_path / "np" / "predictions.json").read_text())
+    assert doc_np["model"]["engine"] == "numpy"
+    assert doc_np["model"]["checkpoint"].endswith("universal-plate.npz")
+    assert doc_np["model"]["exported_from"] == "universal-plate.ckpt"
+    row, row_np = doc["rows"][0], doc_np["rows"][0]
+    span = {"B0": 160.0, "dB": 98.0, "p": 3.95}  # the trained ranges on this 200 G sweep
+    for k, s in span.items():
+        assert abs(row_np[k] - row[k]) < TOLERANCE * s, k
+        assert row_np[f"{k}_sigma"] == pytest.approx(row[f"{k}_sigma"], rel=TOLERANCE)
+    capsys.readouterr()
     # --ckpt with a --geometry that is not the checkpoint's
     assert infer.main([str(spectrum), "--ckpt", str(rel_ckpt), "--geometry", "sphere"]) == 2
     assert "--geometry sphere: the checkpoint rel.ckpt is a plate model" in capsys.readouterr().err
@@ -224,10 +248,37 @@ def test_strong1_outputs_and_coverage_warning(model, tmp_path):
     assert doc["model"]["checkpoint"].endswith("tiny.ckpt")
     assert doc["model"]["checkpoint_format"] == CHECKPOINT_FORMAT
     assert doc["rows"][0]["B0"] == pytest.approx(float(table[0]["B0"]))
-    png = out / "strong1.png"
-    assert rows[0]["png"] == "strong1.png"
-    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 1024
+    assert rows[0]["plot"] == table[0]["plot"] == "strong1.svg"
+    _check_svg(out / "strong1.svg", "strong1.dta", rows[0])
     _no_tmp_left(out)
+    # --plot-format png: matplotlib's PNG instead
+    rows = infer.infer_files([_real(STRONG1)], model, out, quiet=True, plot_format="png")
+    png = out / "strong1.png"
+    assert rows[0]["plot"] == "strong1.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 1024
+    with pytest.raises(ValueError, match="plot_format: must be one of svg, png"):
+        infer.infer_files([_real(STRONG1)], model, out, quiet=True, plot_format="pdf")
+
+
+def _check_svg(path: Path, file_name: str, row: dict) -> None:
+    """The overlay SVG parses as XML and shows the data, the fit, the residual, field ticks
+    in gauss over the window read, grey where the sweep does not reach, and the title."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(path).getroot()
+    assert root.tag == f"{SVG}svg" and root.get("width") == "700"
+    texts = [t.text or "" for t in root.iter(f"{SVG}text")]
+    title = next(t for t in texts if t.startswith(file_name + ":"))
+    assert f"B0 = {infer.format_pm(row['B0'], row.get('B0_sigma'))} G" in title
+    assert "p = " in title and "dB = " in title
+    assert {"field (G)", "normalised signal", "residual", "reconstructed"} <= set(texts)
+    ticks = [float(t.replace("\u2212", "-")) for t in texts if t.replace(".", "").isdigit()]
+    assert any(row["window_lo"] <= t <= row["window_hi"] for t in ticks), texts
+    paths = [el.get("d") for el in root.iter(f"{SVG}path")]
+    assert len(paths) == 3  # measured, reconstructed, residual
+    assert all(len(d.split()) > 100 for d in paths)  # every point of the window read
+    grey = [r for r in root.iter(f"{SVG}rect") if r.get("fill") == "#e6e6e6"]
+    assert bool(grey) == (row["coverage"] < 1)
 
 
 def test_missing_file_error_row_exit_1_no_plots(ckpt, tmp_path, capsys):
@@ -242,7 +293,7 @@ def test_missing_file_error_row_exit_1_no_plots(ckpt, tmp_path, capsys):
     table = _read_csv(out / "predictions.csv")
     assert [r["status"] for r in table] == ["error", "ok"]
     assert "file not found" in table[0]["error"]
-    assert not list(out.glob("*.png"))
+    assert not list(out.glob("*.png")) and not list(out.glob("*.svg"))
     _no_tmp_left(out)
 
 
@@ -267,8 +318,8 @@ def test_all_ok_exit_0_and_glob_reads_pairs_once(ckpt, tmp_path, capsys):
     capsys.readouterr()
 
 
-def test_unique_png_names(model, tmp_path):
-    assert infer._png_names(["a", "a", "A", "strong1", "strong1esp", "a"]) == [
+def test_unique_plot_names(model, tmp_path):
+    assert infer._plot_names(["a", "a", "A", "strong1", "strong1esp", "a"], "png") == [
         "a.png",
         "a-2.png",
         "A-3.png",
@@ -285,8 +336,8 @@ def test_unique_png_names(model, tmp_path):
         files.append(tmp_path / folder / "a.dsc")
     out = tmp_path / "out"
     rows = infer.infer_files(files, model, out, quiet=True)
-    assert [r["png"] for r in rows] == ["a.png", "a-2.png"]
-    assert (out / "a.png").stat().st_size > 1024 and (out / "a-2.png").stat().st_size > 1024
+    assert [r["plot"] for r in rows] == ["a.svg", "a-2.svg"]
+    assert (out / "a.svg").stat().st_size > 1024 and (out / "a-2.svg").stat().st_size > 1024
 
 
 def test_progress_bar_only_when_asked(model, tmp_path, capsys):
@@ -456,7 +507,7 @@ def test_relative_window_maps_sweep_and_sigma(rel_model, tmp_path, monkeypatch):
     assert doc["rows"][0]["p_sigma"] > 0 and "B0_sigma" in doc["units"]
     md = infer.markdown_table(rows, rel_model.names)
     assert md.count(" ± ") == 6
-    assert (out / "s1.png").read_bytes()[:8] == PNG_MAGIC
+    _check_svg(out / "s1.svg", "s1.csv", rows[1])
 
 
 def test_relative_window_warnings_and_p_sigma(rel_model):
@@ -469,7 +520,9 @@ def test_relative_window_warnings_and_p_sigma(rel_model):
     text = "; ".join(warns)
     assert "line centre is at 5 % of the sweep: the model was trained for 10-90 %" in text
     assert "line width is 48 % of the sweep, at the edge of the 1-50 %" in text
-    assert "p is poorly determined by the line shape here (sigma 0.8): beyond p ≈ 2.6" in text
+    # p = 1 +- 0.8: no twin, p + 2 sigma = 2.6 stops short of the fold at 2.654
+    assert "p is poorly determined by the line shape here (p = 1 ± 0.8)" in text
+    assert "give the same line shape" not in text
     assert "training range [100, 900]" not in text  # nominal ranges are not shown as G
     ok = infer._warnings_for(
         rel_model, np.array([3400.0, 20.0, 1.0]), prep, axis, "f", (3300.0, 3500.0),
@@ -479,6 +532,49 @@ def test_relative_window_warnings_and_p_sigma(rel_model):
     narrow = infer._warnings_for(rel_model, np.array([3400.0, 1.0, 1.0]), prep, axis, "f")
     assert "line width is 0.5 % of the sweep" in "; ".join(narrow)
     assert "record a narrower sweep around the line" in "; ".join(narrow)
+
+
+def test_svg_ticks_are_round_numbers():
+    from dysonian_pl.svgplot import nice_ticks
+
+    assert nice_ticks(3375.0, 3425.0) == ([3380.0, 3390.0, 3400.0, 3410.0, 3420.0], 0)
+    ticks, decimals = nice_ticks(-0.05, 0.035, 4)
+    assert ticks == pytest.approx([-0.05, -0.025, 0.0, 0.025]) and decimals == 3
+    ticks, decimals = nice_ticks(9000.02, 9000.5)
+    assert ticks == pytest.approx([9000.1, 9000.2, 9000.3, 9000.4, 9000.5]) and decimals == 1
+    assert nice_ticks(1.0, 1.0) == ([], 0)
+
+
+def test_p_twin_warnings_follow_the_fold(rel_model):
+    """p's identifiability warning: p +- 2 sigma reaching the fold of A/D (plate 2.6544),
+    or a twin with a large sigma (above 0.15 of the 0.05-4 training span: 0.59)."""
+    from dysonian_pl.lineshapes import p_fold, p_twin
+
+    assert p_fold("plate") == pytest.approx(2.6544, abs=1e-4)
+
+    def warn(p, s_p):
+        return infer._p_twin_warning(rel_model, p, s_p)
+
+    twin = float(p_twin(2.0, "plate"))
+    assert twin == pytest.approx(3.3519, abs=1e-3)
+    # 2.0 +- 0.4 reaches the fold: the pair is named
+    assert warn(2.0, 0.4) == (
+        "p = 2 and p = 3.35 give the same line shape (plate); the shape alone cannot tell "
+        "them apart (p ± 2 sigma = 1.2 to 2.8; the fold where A/D is smallest is at p = 2.654)"
+    )
+    # beyond the fold, a large sigma: the twin below it
+    assert warn(3.0, 0.7).startswith("p = 3 and p = 2.31 give the same line shape (plate)")
+    # a twin but a small sigma, far from the fold: no warning (the p_twin column says it)
+    assert warn(3.3, 0.1) is None and warn(2.0, 0.1) is None
+    # no twin (p below 1.55), but the interval reaches the fold
+    assert warn(1.2, 0.8) == (
+        "p = 1.2 ± 0.8 reaches the fold at p = 2.654 (plate) beyond which lines repeat the "
+        "shapes of smaller p; the shape alone cannot tell them apart"
+    )
+    assert warn(0.5, 0.05) is None and warn(0.5, float("nan")) is None
+    assert np.isnan(infer.twin_of(rel_model, 0.5))
+    assert infer.twin_of(rel_model, 2.0) == pytest.approx(twin)
+    assert np.isnan(infer.twin_of(rel_model, -0.1))  # an unphysical prediction: no twin
 
 
 def test_format_pm():

@@ -4,6 +4,7 @@ predicts, and the tools (`infer`, `lsq`, `sets`, `compare`) never import Lightni
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,10 +29,20 @@ TRAINING_ONLY = (
 )
 
 
+#: the repository root on the subprocesses' path: they import this checkout's dysonian_pl
+_ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])
+    ),
+}
+
+
 def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
+        [sys.executable, "-c", code], cwd=cwd, env=_ENV, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
 
 
 def _regressor(path: Path) -> DysonianRegressor:
@@ -155,7 +166,7 @@ def test_lsq_starts_without_torch(tmp_path: Path) -> None:
     """`python -m dysonian_pl lsq` needs neither torch nor Lightning (-X importtime lists all)."""
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "dysonian_pl", "lsq", "--help"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=_ENV, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "least-squares" in proc.stdout
@@ -170,7 +181,7 @@ def test_lsq_starts_without_torch(tmp_path: Path) -> None:
 
 def test_tools_dispatch_without_lightning(rel_ckpt: Path, tmp_path: Path) -> None:
     """`python -m dysonian_pl infer|lsq|sets|compare` end to end in one interpreter: no
-    Lightning, torchmetrics or TensorBoard; matplotlib only once a PNG is written."""
+    Lightning, torchmetrics or TensorBoard; matplotlib only once a PNG is asked for."""
     sim = infer.load_model(rel_ckpt).sim
     spectrum = tmp_path / "line.csv"
     lo, hi = 3300.0, 3500.0
@@ -200,6 +211,8 @@ heavy = {TRAINING_ONLY!r}
 assert run("infer", {str(spectrum)!r}, "--ckpt", {ckpt!r}, "--no-plots", "--out", {out + "/a"!r}) == 0
 assert not loaded("matplotlib", *heavy), loaded("matplotlib", *heavy)
 assert run("infer", {str(spectrum)!r}, "--ckpt", {ckpt!r}, "--out", {out + "/b"!r}) == 0
+assert not loaded("matplotlib", *heavy), loaded("matplotlib", *heavy)  # the SVG overlay
+assert run("infer", {str(spectrum)!r}, "--ckpt", {ckpt!r}, "--plot-format", "png", "--out", {out + "/p"!r}) == 0
 assert loaded("matplotlib") and not loaded(*heavy), loaded(*heavy)
 assert run("lsq", {str(spectrum)!r}) == 0
 assert run("sets", "--ckpt", {ckpt!r}, "--sets", "set-4", "--n", "8", "--out", {out + "/s"!r}) == 0
@@ -210,7 +223,8 @@ assert not loaded(*heavy), loaded(*heavy)
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
     assert (tmp_path / "a" / "predictions.csv").is_file()
     assert not list((tmp_path / "a").glob("*.png"))
-    assert (tmp_path / "b" / "line.png").is_file()
+    assert (tmp_path / "b" / "line.svg").is_file() and not list((tmp_path / "b").glob("*.png"))
+    assert (tmp_path / "p" / "line.png").is_file()
     assert (tmp_path / "s" / "sets.json").is_file()
     data = json.loads((tmp_path / "c.json").read_text())
     assert data["ckpt"] == ckpt and data["conditions"]

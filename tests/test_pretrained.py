@@ -1,21 +1,32 @@
 """The shipped window-agnostic models: present, small, calibrated-looking, used by `infer`
-with no checkpoint, and read narrow lines on a window zoomed around them."""
+with no checkpoint (their numpy exports, without torch), and read narrow lines on a
+window zoomed around them."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from dysonian_pl import infer
+from dysonian_pl import infer, npnet
 from dysonian_pl.infer import ZOOM_BELOW, ZOOM_TARGET, zoom_window
 from dysonian_pl.lineshapes import dysonian
+from dysonian_pl.simulate import simulate
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_spectra"
+REPO = Path(__file__).resolve().parents[1]
+REAL = REPO.parent / "shared" / "data" / "real_spectra"
+STRONG1 = REAL / "easyspin-eprfiles" / "strong1.dta"
+#: what `infer` with no checkpoint must not import (torch, plotting, fitting, training)
+HEAVY = {"torch", "matplotlib", "scipy", "lightning", "pytorch_lightning", "torchmetrics",
+         "tensorboard"}  # fmt: skip
 
 
 @pytest.mark.parametrize("geometry", ["plate", "sphere"])
@@ -29,6 +40,96 @@ def test_shipped_model_is_present_small_and_window_agnostic(geometry: str) -> No
     assert model.sim.relative_window and model.sim.geometry == geometry and model.uncertainty
     # calibration factors were fitted on validation spectra (not the initial ones)
     assert not torch.allclose(model.sigma_scale, torch.ones(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("geometry", ["plate", "sphere"])
+def test_shipped_npz_is_the_export_of_the_shipped_ckpt(geometry: str) -> None:
+    """Fails when a .ckpt is retrained or re-exported without its .npz: rewrite it with
+    ``python scripts/export_pretrained.py --npz-only dysonian_pl/pretrained/*.ckpt``."""
+    ckpt, npz = infer.default_checkpoint(geometry), infer.default_npz(geometry)
+    assert npz is not None and npz.endswith(f"universal-{geometry}.npz")
+    assert Path(npz).stat().st_size < 2_000_000
+    np_model = infer.load_model(npz)
+    assert isinstance(np_model, npnet.NumpyPredictor)
+    assert np_model.source_sha256 == npnet.sha256_of(ckpt), f"{npz} is stale"
+    assert np_model.checkpoint_meta["source_checkpoint"] == Path(ckpt).name
+    torch_model = infer.load_model(ckpt)
+    assert np_model.hparams == dict(torch_model.hparams)
+    assert np_model.sim == torch_model.sim and np_model.names == torch_model.names
+    np.testing.assert_array_equal(np_model.sigma_scale, torch_model.sigma_scale.numpy())
+    for key in ("format", "ranges", "field_axis", "exported_from", "note"):
+        assert np_model.checkpoint_meta[key] == torch_model.checkpoint_meta[key], key
+    x = simulate(torch_model.sim, 0, 10**9 + np.arange(64))[0].numpy()
+    d_val, d_sig = npnet.compare(torch_model, np_model, x)
+    assert d_val < npnet.TOLERANCE and d_sig < npnet.TOLERANCE, (d_val, d_sig)
+    assert infer.load_pretrained(geometry) is np_model
+
+
+def test_stale_or_missing_npz_falls_back_to_the_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    plate_ckpt, plate_npz = infer.default_checkpoint("plate"), infer.default_npz("plate")
+    shipped = tmp_path / "pretrained"
+    shipped.mkdir()
+    shutil.copy(plate_ckpt, shipped / "universal-plate.ckpt")
+    shutil.copy(infer.default_npz("sphere"), shipped / "universal-plate.npz")  # another model's
+    monkeypatch.setattr(infer, "_pretrained_dir", lambda: shipped)
+    said: list[str] = []
+    model = infer.load_pretrained("plate", say=said.append)
+    assert not isinstance(model, npnet.NumpyPredictor) and model.sim.geometry == "plate"
+    assert len(said) == 1
+    assert "universal-plate.npz was not made from the installed universal-plate.ckpt" in said[0]
+    assert "export_pretrained.py --npz-only" in said[0]
+    # an unreadable .npz: the checkpoint, with a warning
+    (shipped / "universal-plate.npz").write_bytes(b"not a zip file")
+    said.clear()
+    model = infer.load_pretrained("plate", say=said.append)
+    assert not isinstance(model, npnet.NumpyPredictor)
+    assert "not a readable .npz model file" in said[0]
+    # no .npz: the checkpoint, nothing to say; no checkpoint but an .npz: the .npz
+    (shipped / "universal-plate.npz").unlink()
+    said.clear()
+    assert not isinstance(infer.load_pretrained("plate", say=said.append), npnet.NumpyPredictor)
+    assert said == []
+    shutil.copy(plate_npz, shipped / "universal-plate.npz")
+    (shipped / "universal-plate.ckpt").unlink()
+    assert isinstance(infer.load_pretrained("plate"), npnet.NumpyPredictor)
+    assert infer.load_pretrained("sphere") is None
+
+
+@pytest.mark.skipif(not STRONG1.is_file(), reason="shared/data/real_spectra not beside the repo")
+def test_infer_with_no_checkpoint_imports_neither_torch_nor_matplotlib(tmp_path: Path) -> None:
+    """``python -m dysonian_pl infer FILE``: the numpy model, an SVG overlay, no torch,
+    matplotlib or scipy (-X importtime lists every module imported)."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "dysonian_pl", "infer", str(STRONG1),
+         "--out", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported = {
+        line.split("|")[-1].strip().split(".")[0]
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert {"dysonian_pl", "numpy"} <= imported
+    assert not imported & HEAVY, sorted(imported & HEAVY)
+    doc = json.loads((out / "predictions.json").read_text())
+    assert doc["model"]["engine"] == "numpy"
+    assert doc["model"]["checkpoint"].endswith("universal-plate.npz")
+    with open(out / "predictions.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(line for line in fh if not line.startswith("#")))
+    assert row["status"] == "ok" and row["plot"] == "strong1.svg"
+    assert (out / "strong1.svg").read_text().startswith("<?xml")
+    values = {k: float(row[k]) for k in ("B0", "dB", "p", "B0_sigma", "dB_sigma", "p_sigma")}
+    assert all(np.isfinite(v) and v > 0 for v in values.values()), values
+    assert 3375.0 < values["B0"] < 3425.0 and values["B0_sigma"] < 5.0
+    # the numbers of the torch model read from the .ckpt, to float32 rounding
+    (ref,) = infer.infer_files([STRONG1], infer.default_checkpoint(), tmp_path / "ref", plots=False)
+    span = {"B0": 50.0 * 0.8, "dB": 50.0 * 0.49, "p": 3.95}  # trained ranges on this 50 G sweep
+    for k, s in span.items():
+        assert abs(values[k] - ref[k]) < npnet.TOLERANCE * s, (k, values[k], ref[k])
+        assert values[f"{k}_sigma"] == pytest.approx(ref[f"{k}_sigma"], rel=npnet.TOLERANCE)
 
 
 def test_zoom_window_rules() -> None:
@@ -67,6 +168,44 @@ def test_infer_without_checkpoint_zooms_on_a_narrow_line(tmp_path: Path) -> None
     assert abs(row["p"] - truth[2]) < 0.25
     assert all(np.isfinite(row[k]) and row[k] > 0 for k in ("B0_sigma", "dB_sigma", "p_sigma"))
     assert row["rms_residual"] < 0.05 and "rms residual" not in row["warnings"]
+
+
+def test_p_twin_column_and_warning_on_simulated_plate_lines(tmp_path: Path) -> None:
+    """A line at p = 0.5 has no twin; at p = 2.0 the same shape is made by p = 3.35 (the
+    other side of the fold of A/D at 2.654), and the shipped model says so."""
+    from dysonian_pl.lineshapes import p_twin
+
+    rng = np.random.default_rng(7)
+    field = np.linspace(3300.0, 3500.0, 2048)
+    files = []
+    for p in (0.5, 2.0):
+        line = dysonian(field, 3402.0, 20.0, p, "plate")
+        line = line / np.ptp(line) + rng.normal(0.0, 1e-3, field.size)
+        files.append(_write_text_spectrum(tmp_path / f"p{p}.csv", field, 80.0 * line + 2.0))
+    out = tmp_path / "out"
+    model = infer.load_pretrained("plate")
+    assert isinstance(model, npnet.NumpyPredictor)
+    thin, folded = infer.infer_files(files, model, out, plots=False, quiet=True)
+    assert thin["status"] == folded["status"] == "ok"
+    # p = 0.5: read as such, no twin, no identifiability warning
+    assert abs(thin["p"] - 0.5) < 2 * thin["p_sigma"] and thin["p_sigma"] < 0.2
+    assert np.isnan(thin["p_twin"]) and "same line shape" not in thin["warnings"]
+    # p = 2.0: its twin 3.35 gives the same shape; the model's p +- 2 sigma covers both
+    # and reaches the fold, and the warning names the twin of the p it reports
+    assert float(p_twin(2.0, "plate")) == pytest.approx(3.3519, abs=1e-3)
+    p, s_p = folded["p"], folded["p_sigma"]
+    assert p - 2 * s_p <= 2.0 and 3.3519 <= p + 2 * s_p
+    assert folded["p_twin"] == pytest.approx(float(p_twin(p, "plate")), rel=1e-12)
+    assert np.isfinite(folded["p_twin"]) and (folded["p_twin"] - 2.6544) * (p - 2.6544) < 0
+    expected = f"p = {p:.3g} and p = {folded['p_twin']:.3g} give the same line shape (plate)"
+    assert expected in folded["warnings"]
+    assert "the shape alone cannot tell them apart" in folded["warnings"]
+    # CSV: empty where there is no twin; JSON: null
+    with open(out / "predictions.csv", newline="") as fh:
+        table = list(csv.DictReader(line for line in fh if not line.startswith("#")))
+    assert table[0]["p_twin"] == "" and float(table[1]["p_twin"]) == pytest.approx(folded["p_twin"])
+    doc = json.loads((out / "predictions.json").read_text())
+    assert doc["rows"][0]["p_twin"] is None and "p_twin" in doc["units"]
 
 
 def test_infer_says_when_a_spectrum_is_not_one_line(tmp_path: Path) -> None:

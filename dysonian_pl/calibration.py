@@ -8,15 +8,21 @@ errors differ, and the error distribution also changes with p (it grows towards 
 fold of A/D, `lineshapes.p_fold`). Scaling by one factor overall leaves the coverage
 right on average and wrong in parts of the input space.
 
-`fit_table` measures, on fresh simulated spectra of the model's own ranges read
-through the same path as `infer` (`infer.predict_zoomed`), the factor per parameter
-in each cell of (zoomed or not) x (predicted p / p_fold, in bins): the 68.3 % quantile
-of |error| / sigma there. A cell with fewer than `MIN_PER_CELL` spectra keeps the
-overall factor of its zoom state. `apply_table` multiplies the sigmas by the factor of
-the cell each prediction falls in (by the *predicted* p, never the truth). The table
-travels in the checkpoint's ``dysonian_pl`` section as ``sigma_calibration``.
+`fit_calibration` fits, on fresh simulated spectra of the model's own ranges read
+through the same path as `infer` (`infer.predict_zoomed`), a log-linear model of the
+factor each sigma needs, per parameter:
 
-    python -m dysonian_pl calibrate --ckpt model.ckpt --out calibrated.ckpt
+    log factor = w . f,   f = (1, zoomed, (1 - zoomed) * (l, l^2, u, u^2), r, r^2, r^3)
+
+with l = log(distance from B0 to the nearer end of the window read / dB) (lines near
+an end are read worse than the network alone admits, lines in the middle better),
+u = log(dB / window width), r = p / p_fold (the error in p grows towards the fold of
+A/D, `lineshapes.p_fold`), all from the *predicted* values, never the truth. The
+weights minimise the Gaussian negative log-likelihood of the errors (scipy, when
+fitting only); then the constant term is set so that the ±1 sigma and ±2 sigma
+coverage of the fitting draw are together closest to 68.3 % and 95.4 %.
+`apply_calibration` multiplies the sigmas by exp(w . f). The fitted model travels in
+the checkpoint's ``dysonian_pl`` section as ``sigma_calibration``.
 
 NumPy only: `infer` applies it without importing torch.
 """
@@ -29,98 +35,126 @@ import numpy as np
 
 from .lineshapes import p_fold
 
-__all__ = ["ONE_SIGMA", "P_EDGES", "MIN_PER_CELL", "apply_table", "fit_table", "cell_index"]
+__all__ = [
+    "FEATURES",
+    "ONE_SIGMA",
+    "TWO_SIGMA",
+    "apply_calibration",
+    "features",
+    "fit_calibration",
+]
 
-#: probability mass within ±1 sigma of a Gaussian
+#: probability mass within ±1 and ±2 sigma of a Gaussian
 ONE_SIGMA = math.erf(1 / math.sqrt(2))
-#: bin edges of predicted p / p_fold (the last bin reaches the fold, where p is poorly
-#: determined and the sigmas grow)
-P_EDGES = (0.0, 0.3, 0.5, 0.65, 0.8, 0.9, float("inf"))
-#: fewest spectra in a cell for its own factors
-MIN_PER_CELL = 300
-TABLE_VERSION = 1
+TWO_SIGMA = math.erf(2 / math.sqrt(2))
+#: names of the columns of `features`
+FEATURES = (
+    "1", "zoomed", "l", "l^2", "u", "u^2", "r", "r^2", "r^3",
+)  # fmt: skip
+CALIBRATION_VERSION = 3
 
 
-def cell_index(p_pred: np.ndarray, zoomed: np.ndarray, geometry: str, edges=P_EDGES) -> np.ndarray:
-    """The (zoom, p-bin) cell of each prediction, as one flat index zoom * n_bins + bin."""
-    ratio = np.asarray(p_pred, dtype=np.float64) / p_fold(geometry)
-    b = np.clip(np.searchsorted(np.asarray(edges[1:-1]), ratio, side="right"), 0, len(edges) - 2)
-    return np.asarray(zoomed, dtype=np.int64) * (len(edges) - 1) + b
+def features(
+    values: np.ndarray, windows: np.ndarray, zoomed: np.ndarray, geometry: str
+) -> np.ndarray:
+    """(N, len(FEATURES)) features of predictions (B0, dB, p in physical units) read on
+    `windows` (N, 2), `zoomed` (N,) telling which were read on a zoomed window."""
+    values = np.asarray(values, dtype=np.float64)
+    windows = np.asarray(windows, dtype=np.float64)
+    whole = 1.0 - np.asarray(zoomed, dtype=np.float64)
+    b0, db = values[:, 0], np.maximum(values[:, 1], 1e-300)
+    width = np.maximum(windows[:, 1] - windows[:, 0], 1e-300)
+    edge = np.minimum(b0 - windows[:, 0], windows[:, 1] - b0) / db
+    l = np.log(np.clip(edge, 0.05, 50.0))  # noqa: E741
+    u = np.log(np.clip(db / width, 1e-3, 1.0))
+    r = values[:, 2] / p_fold(geometry) if values.shape[1] > 2 else np.zeros(len(values))
+    r = np.clip(np.nan_to_num(r, nan=0.0), 0.0, 3.0)
+    return np.column_stack(
+        [np.ones(len(values)), 1.0 - whole, whole * l, whole * l**2, whole * u, whole * u**2,
+         r, r**2, r**3]
+    )  # fmt: skip
 
 
-def fit_table(
+def _closest_factor(z: np.ndarray) -> float:
+    """The factor f for which the fractions of z inside f and 2 f are together closest
+    (least squares) to ONE_SIGMA and TWO_SIGMA."""
+    q = float(np.quantile(z, ONE_SIGMA))
+    fs = q * np.linspace(0.85, 1.15, 301)
+    z = np.sort(z)
+    c1 = np.searchsorted(z, fs, side="right") / len(z)
+    c2 = np.searchsorted(z, 2 * fs, side="right") / len(z)
+    return float(fs[np.argmin((c1 - ONE_SIGMA) ** 2 + (c2 - TWO_SIGMA) ** 2)])
+
+
+def fit_calibration(
     values: np.ndarray,
     sigmas: np.ndarray,
     truth: np.ndarray,
+    windows: np.ndarray,
     zoomed: np.ndarray,
     geometry: str,
-    *,
-    p_column: int = 2,
-    min_per_cell: int = MIN_PER_CELL,
 ) -> dict:
-    """The calibration table from predictions (values, sigmas: N x 3, physical units),
-    the true values and each prediction's zoom state.
+    """The calibration from predictions (values, sigmas: N x 3, physical units), the
+    true values, the windows read (N x 2) and each prediction's zoom state.
 
-    Returns a JSON-able dict: ``factors[cell][param]``, ``counts[cell]``, the bin edges,
-    the geometry. Factors multiply the sigmas `values`/`sigmas` came with.
+    Returns a JSON-able dict: ``weights[param][feature]``, the feature names, the
+    geometry. Its factors multiply the sigmas `values`/`sigmas` came with.
     """
+    from scipy.optimize import minimize
+
     values, sigmas, truth = (np.asarray(a, dtype=np.float64) for a in (values, sigmas, truth))
-    zoomed = np.asarray(zoomed, dtype=bool)
     if not (values.shape == sigmas.shape == truth.shape and values.ndim == 2):
         raise ValueError("values, sigmas and truth must be arrays of one shape (N, 3)")
     if not (np.isfinite(sigmas) & (sigmas > 0)).all():
         raise ValueError("every sigma must be finite and > 0 (a model with uncertainty)")
-    z = np.abs(values - truth) / sigmas
-    n_bins = len(P_EDGES) - 1
-    cells = cell_index(values[:, p_column], zoomed, geometry)
-    factors, counts = [], []
-    for zoom in (False, True):
-        rows = zoomed == zoom
-        overall = (
-            np.quantile(z[rows], ONE_SIGMA, axis=0)
-            if rows.sum() >= min_per_cell
-            else np.quantile(z, ONE_SIGMA, axis=0)
-        )
-        for b in range(n_bins):
-            inside = cells == int(zoom) * n_bins + b
-            counts.append(int(inside.sum()))
-            f = (
-                np.quantile(z[inside], ONE_SIGMA, axis=0)
-                if inside.sum() >= min_per_cell
-                else overall
-            )
-            factors.append([float(v) for v in f])
+    if len(values) < 10 * len(FEATURES):
+        raise ValueError(f"at least {10 * len(FEATURES)} predictions to fit on (got {len(values)})")
+    f = features(values, windows, zoomed, geometry)
+    weights = []
+    for j in range(values.shape[1]):
+        err, log_s = np.abs(values[:, j] - truth[:, j]), np.log(sigmas[:, j])
+
+        def nll(w: np.ndarray, err=err, log_s=log_s) -> tuple[float, np.ndarray]:
+            log_sigma = log_s + f @ w
+            q = (err * np.exp(-log_sigma)) ** 2
+            return float(np.mean(0.5 * q + log_sigma)), f.T @ (1.0 - q) / len(err)
+
+        bounds = [(-20.0, 20.0)] * f.shape[1]  # finite even if every error were 0
+        w = minimize(nll, np.zeros(f.shape[1]), jac=True, method="L-BFGS-B", bounds=bounds).x
+        z = err / np.exp(log_s + f @ w)
+        w[0] += math.log(_closest_factor(z))
+        weights.append([float(v) for v in w])
     return {
-        "version": TABLE_VERSION,
+        "version": CALIBRATION_VERSION,
+        "kind": "log-linear",
         "geometry": geometry,
-        "p_edges_over_fold": [float(e) for e in P_EDGES],
-        "factors": factors,
-        "counts": counts,
+        "features": list(FEATURES),
+        "weights": weights,
     }
 
 
-def apply_table(
-    table: dict | None,
+def apply_calibration(
+    calibration: dict | None,
     values: np.ndarray,
     sigmas: np.ndarray,
+    windows: np.ndarray,
     zoomed: np.ndarray,
-    p_column: int = 2,
 ) -> np.ndarray:
-    """`sigmas` multiplied by the factors of each prediction's cell (a copy; unchanged
-    when `table` is None)."""
+    """`sigmas` multiplied by the fitted factors (a copy; unchanged when `calibration`
+    is None)."""
     sigmas = np.array(sigmas, dtype=np.float64)
-    if not table:
+    if not calibration:
         return sigmas
-    if table.get("version") != TABLE_VERSION:
+    if calibration.get("version") != CALIBRATION_VERSION or calibration.get("features") != list(
+        FEATURES
+    ):
         raise ValueError(
-            f"sigma_calibration: table version {table.get('version')!r} is not "
-            f"{TABLE_VERSION} (written by another dysonian_pl version)"
+            f"sigma_calibration: version {calibration.get('version')!r} is not "
+            f"{CALIBRATION_VERSION} (written by another dysonian_pl version)"
         )
-    edges = tuple(table["p_edges_over_fold"])
-    factors = np.asarray(table["factors"], dtype=np.float64)
-    values = np.asarray(values, dtype=np.float64)
-    cells = cell_index(values[..., p_column], zoomed, table["geometry"], edges)
-    return sigmas * factors[cells]
+    w = np.asarray(calibration["weights"], dtype=np.float64)
+    f = features(values, windows, zoomed, calibration["geometry"])
+    return sigmas * np.exp(f @ w.T)
 
 
 def calibrate_model(model, n: int, seed: int, rounds: int | None = None) -> tuple[dict, dict]:
@@ -147,13 +181,13 @@ def calibrate_model(model, n: int, seed: int, rounds: int | None = None) -> tupl
             model, axis, x.numpy(), rounds=rounds, calibrated=False
         )
         zoomed = windows[:, 1] - windows[:, 0] < 0.999 * width
-        return values, sigmas, y.numpy().astype(np.float64), zoomed
+        return values, sigmas, y.numpy().astype(np.float64), windows, zoomed
 
     fit_set, check_set = read(2 * 10**9), read(3 * 10**9)
-    table = fit_table(*fit_set, model.sim.geometry)
-    values, sigmas, truth, zoomed = check_set
+    table = fit_calibration(*fit_set, model.sim.geometry)
+    values, sigmas, truth, windows, zoomed = check_set
     err = np.abs(values - truth)
-    after = apply_table(table, values, sigmas, zoomed)
+    after = apply_calibration(table, values, sigmas, windows, zoomed)
     summary = {
         "n": n,
         "seed": seed,
@@ -190,13 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--n",
         type=int,
-        default=20000,
-        help="spectra to fit on, and as many to check on (default 20000)",
+        default=40000,
+        help="spectra to fit on, and as many to check on (default 40000)",
     )
     ap.add_argument("--seed", type=int, default=777, help="simulation seed (default 777)")
     args = ap.parse_args(argv)
-    if args.n < 10 * MIN_PER_CELL:
-        print(f"error: --n: at least {10 * MIN_PER_CELL} spectra (got {args.n})", file=sys.stderr)
+    if args.n < 1000:
+        print(f"error: --n: at least 1000 spectra (got {args.n})", file=sys.stderr)
         return 2
 
     import torch
@@ -222,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.save(ckpt, fh)
     names = list(model.names)
     print(
-        f"{out}: sigma calibration by zoom state and p / p_fold ({summary['zoomed_fraction']:.0%} zoomed)"
+        f"{out}: sigma calibration (log-linear in position of the line in the window read, width and p / p_fold) ({summary['zoomed_fraction']:.0%} zoomed)"
     )
     print(
         "| check draw | "
@@ -235,5 +269,5 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("before", "after"):
         s = summary[key]
         print(f"| {key} | " + " | ".join(f"{v:.3f}" for v in s["cover1"] + s["cover2"]) + " |")
-    print(json.dumps(table["factors"]))
+    print(json.dumps(table["weights"]))
     return 0

@@ -146,6 +146,10 @@ TOOLS = {
         "dysonian_pl.evaluate",
         "a checkpoint on every prior-work set: MAE, sigma coverage, reliability",
     ),
+    "calibrate": (
+        "dysonian_pl.calibration",
+        "fit a window-agnostic model's sigma calibration as infer reads spectra",
+    ),
 }
 
 

@@ -49,7 +49,8 @@ import numpy as np
 
 from . import CHECKPOINT_FORMAT, __version__
 from .atomic import atomic_open
-from .lineshapes import dysonian, joshi, p_fold, p_twin
+from .calibration import apply_calibration
+from .lineshapes import ad_ratio, dysonian, joshi, p_fold, p_twin
 from .npnet import ModelFileError, NumpyPredictor, load_npz, sha256_of
 from .params import GEOMETRIES, PARAMETERS, field_axis
 from .preprocess import normalise, prepare_real
@@ -155,6 +156,7 @@ UNITS = {
         "the other p that gives exactly the same line shape as p (the other side of the fold "
         "of A/D, dysonian_pl.lineshapes.p_twin); empty/null where there is none"
     ),
+    "p_twin_sigma": "standard deviation of p_twin (p_sigma propagated through A/D)",
     "alpha_sigma": "calibrated standard deviation of alpha",
 }
 
@@ -252,9 +254,11 @@ def predict_zoomed(
     spectra: np.ndarray,
     *,
     rounds: int = ZOOM_ROUNDS,
+    calibrated: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A window-agnostic model's predictions with `infer`'s zoom rule, for spectra that
     share one field axis (e.g. simulated ones): (values, sigmas, windows), physical units.
+    `calibrated`: as `read_zoomed`.
 
     `spectra` (N, len(field)) are first read on the whole sweep as given (they must be
     prepared: normalised); a narrow line is then read again, up to `rounds` times, on a
@@ -271,6 +275,7 @@ def predict_zoomed(
         [sweep] * n,
         lambda k, axis: prepare_real(field, spectra[k], axis),
         rounds=rounds,
+        calibrated=calibrated,
     )
     return values, sigmas, windows
 
@@ -282,6 +287,7 @@ def read_zoomed(
     prepare,
     *,
     rounds: int = ZOOM_ROUNDS,
+    calibrated: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, tuple[Any, np.ndarray]]]:
     """The zoom rule, batched: the one loop behind `infer_files` and `predict_zoomed`.
 
@@ -293,6 +299,12 @@ def read_zoomed(
     at most `rounds` times; a `ValueError` from `prepare` keeps the wider window's
     answer. Returns (values, sigmas) (N, 3) in physical units, the windows (N, 2) of the
     final readings and {k: (prepared, axis)} for the spectra read on a zoomed window.
+
+    The sigmas are multiplied by the checkpoint's ``sigma_calibration`` table, if it has
+    one (`calibration.apply_calibration`: a factor log-linear in the line's position in
+    the window read, its relative width and p / p_fold,
+    fitted by ``python -m dysonian_pl calibrate`` on spectra read this way), unless
+    `calibrated` is False.
     """
     n = len(first)
     values = np.full((n, 3), np.nan)
@@ -326,6 +338,10 @@ def read_zoomed(
         if not again:
             break
         todo, batch = again, np.stack(spectra)
+    table = (getattr(model, "checkpoint_meta", None) or {}).get("sigma_calibration")
+    if calibrated and table and np.isfinite(sigmas).all():
+        was_zoomed = np.isin(np.arange(n), list(zoomed))
+        sigmas = apply_calibration(table, values, sigmas, windows, was_zoomed)
     return values, sigmas, windows, zoomed
 
 
@@ -655,11 +671,32 @@ def twin_of(model: Predictor | NumpyPredictor, p: float) -> float:
     return float(p_twin(p, model.sim.geometry))
 
 
+def twin_sigma(model: Predictor | NumpyPredictor, p: float, s_p: float, twin: float) -> float:
+    """The standard deviation of the twin p, propagated from `s_p` through A/D:
+    s_p |dR/dp (p)| / |dR/dp (twin)| with R = A/D (`lineshapes.ad_ratio`); NaN without a
+    twin or a finite sigma."""
+    if not (math.isfinite(twin) and math.isfinite(s_p)):
+        return math.nan
+    geometry = model.sim.geometry
+
+    def slope(q: float) -> float:
+        h = 1e-5 * q
+        return float(ad_ratio(q + h, geometry) - ad_ratio(q - h, geometry)) / (2 * h)
+
+    return abs(s_p * slope(p) / slope(twin))
+
+
 def _p_twin_warning(model: Predictor | NumpyPredictor, p: float, s_p: float) -> str | None:
-    """The identifiability warning for p: its interval p +- 2 sigma reaches the fold of
-    A/D (`lineshapes.p_fold`), or it has a twin and a large sigma (above
-    `P_SIGMA_FRACTION` of its training span); else a plain large-sigma warning, or None.
-    Needs a finite sigma (a model with ``uncertainty``)."""
+    """The identifiability warning for p.
+
+    With a twin (`lineshapes.p_twin`): always, naming both and which side of the fold
+    of A/D (`lineshapes.p_fold`) the model's answer assumes, since the shape alone
+    cannot tell them apart. A model trained on one side of the fold (the shipped ones)
+    answers on that side; one trained across it may blend the two (then p ± 2 sigma
+    reaches the fold). Without a twin: a plain warning when p ± 2 sigma reaches the fold
+    or sigma is above `P_SIGMA_FRACTION` of the training span; else None. Needs a
+    finite sigma (a model with ``uncertainty``).
+    """
     if not (math.isfinite(p) and math.isfinite(s_p)):
         return None
     geometry = model.sim.geometry
@@ -668,11 +705,23 @@ def _p_twin_warning(model: Predictor | NumpyPredictor, p: float, s_p: float) -> 
     large = s_p > P_SIGMA_FRACTION * (p_hi - p_lo)
     reaches = p - 2 * s_p <= fold <= p + 2 * s_p
     twin = twin_of(model, p)
-    if math.isfinite(twin) and (reaches or large):
+    if math.isfinite(twin):
+        s_twin = twin_sigma(model, p, s_p, twin)
+        side = "below" if p < fold else "beyond"
+        if p_hi <= fold or p_lo >= fold:
+            assumes = (
+                f"this model was trained on p {p_lo:g}-{p_hi:g}, {side} the fold at "
+                f"p = {fold:.4g}, and answers on that side: take p = {twin:.3g} if the "
+                f"sample can be {'thicker' if side == 'below' else 'thinner'} than that"
+            )
+        else:
+            assumes = (
+                f"p ± 2 sigma = {p - 2 * s_p:.3g} to {p + 2 * s_p:.3g}; the fold where A/D "
+                f"is smallest is at p = {fold:.4g}"
+            )
         return (
-            f"p = {p:.3g} and p = {twin:.3g} give the same line shape ({geometry}); the shape "
-            f"alone cannot tell them apart (p ± 2 sigma = {p - 2 * s_p:.3g} to "
-            f"{p + 2 * s_p:.3g}; the fold where A/D is smallest is at p = {fold:.4g})"
+            f"p = {p:.3g} ± {s_p:.2g} and p = {twin:.3g} ± {s_twin:.2g} give the same line "
+            f"shape ({geometry}); the shape alone cannot tell them apart ({assumes})"
         )
     if reaches:
         return (
@@ -922,7 +971,7 @@ def _columns(model: Predictor, polish: bool) -> list[str]:
     if _has_sigma(model):
         cols += [f"{n}_sigma" for n in model.names]
     if "p" in model.names:
-        cols += ["p_twin"]
+        cols += ["p_twin", "p_twin_sigma"] if _has_sigma(model) else ["p_twin"]
     cols += ["amplitude", "baseline_offset", "baseline_slope", "rms_residual"]
     cols += ["flipped", "coverage", "sweep_lo", "sweep_hi", "window_lo", "window_hi", "zoom"]
     cols += ["n_points_file", "plot"]
@@ -1169,6 +1218,8 @@ def infer_files(
                 row["p_twin"] = twin_of(model, row["p"])
             if with_sigma:
                 row.update({f"{n}_sigma": float(v) for n, v in zip(names, sigma, strict=True)})
+                if "p" in names:
+                    row["p_twin_sigma"] = twin_sigma(model, row["p"], row["p_sigma"], row["p_twin"])
             row.update(
                 amplitude=fit.amplitude,
                 baseline_offset=fit.offset,

@@ -1,86 +1,134 @@
-"""The sigma calibration table of window-agnostic models (dysonian_pl.calibration)."""
+"""The sigma calibration of window-agnostic models (dysonian_pl.calibration)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dysonian_pl.calibration import MIN_PER_CELL, P_EDGES, apply_table, cell_index, fit_table
+from dysonian_pl.calibration import (
+    FEATURES,
+    ONE_SIGMA,
+    TWO_SIGMA,
+    apply_calibration,
+    features,
+    fit_calibration,
+)
 from dysonian_pl.lineshapes import p_fold
 
 
 def _synthetic(n: int, seed: int = 0):
-    """Predictions whose true error scale is k times the reported sigma, with k set by
-    zoom state and p / p_fold: the table must learn k per cell."""
+    """Predictions whose true error scale is k times the reported sigma, k set by zoom
+    state, the line's distance to the window's end and p / p_fold (all log-linear in the
+    features): the calibration must learn k."""
     rng = np.random.default_rng(seed)
     fold = p_fold("plate")
     truth = np.column_stack(
-        [rng.uniform(100, 900, n), rng.uniform(10, 500, n), rng.uniform(0.05, 2.65, n)]
+        [rng.uniform(100, 900, n), np.exp(rng.uniform(np.log(10), np.log(500), n)),
+         rng.uniform(0.05, 2.65, n)]
+    )  # fmt: skip
+    windows = np.tile([0.0, 1000.0], (n, 1))
+    zoomed = rng.random(n) < 0.35
+    values = truth.copy()
+    f = features(values, windows, zoomed, "plate")
+    l = f[:, FEATURES.index("l")]  # noqa: E741
+    r = truth[:, 2] / fold
+    k = np.exp(np.where(zoomed, -0.7, -0.3 * l) + 0.8 * r)
+    sigmas = np.column_stack([np.full(n, 2.0), 0.01 * truth[:, 1], np.full(n, 0.01)])
+    noise = rng.standard_normal((n, 3)) * sigmas * k[:, None]
+    values += noise
+    return values, sigmas, truth, windows, zoomed, k, noise
+
+
+def _coverage(err, sigma):
+    return (err <= sigma).mean(0), (err <= 2 * sigma).mean(0)
+
+
+def test_features_from_predictions():
+    values = np.array([[500.0, 50.0, 1.0], [120.0, 10.0, 2.0], [990.0, 20.0, 0.5]])
+    windows = np.array([[0.0, 1000.0], [0.0, 1000.0], [900.0, 1100.0]])
+    f = features(values, windows, np.array([False, False, True]), "plate")
+    assert f.shape == (3, len(FEATURES))
+    assert f[0, FEATURES.index("l")] == pytest.approx(np.log(500 / 50))
+    assert f[1, FEATURES.index("l")] == pytest.approx(np.log(120 / 10))
+    assert f[0, FEATURES.index("u")] == pytest.approx(np.log(0.05))
+    assert f[2, FEATURES.index("l")] == 0.0 and f[2, FEATURES.index("zoomed")] == 1.0
+    assert f[1, FEATURES.index("r")] == pytest.approx(2.0 / 2.6544204, rel=1e-6)
+
+
+def test_fit_and_apply_restore_coverage_where_one_factor_cannot():
+    values, sigmas, truth, windows, zoomed, _, _ = _synthetic(40000)
+    cal = fit_calibration(values, sigmas, truth, windows, zoomed, "plate")
+    assert cal["version"] == 3 and cal["features"] == list(FEATURES)
+    # the learned log-factor of B0 follows the one that made the errors
+    w = np.asarray(cal["weights"])[0]
+    assert w[FEATURES.index("r")] + w[FEATURES.index("r^2")] + w[FEATURES.index("r^3")] == (
+        pytest.approx(0.8, abs=0.15)
     )
-    zoomed = rng.random(n) < 0.4
-    sigmas = np.column_stack([np.full(n, 2.0), np.full(n, 1.0), np.full(n, 0.05)])
-    # error scale: x2 when zoomed is *not* set, and x(1 + 3 ratio) in p
-    k = np.where(zoomed, 0.5, 1.0)[:, None] * (1 + 3 * (truth[:, 2:3] / fold))
-    values = truth + rng.standard_normal((n, 3)) * sigmas * k
-    values[:, 2] = truth[:, 2]  # keep p exact so every cell is the cell of the truth
-    values[:, 2] += 1e-9
-    return values, sigmas, truth, zoomed, k
+    assert w[FEATURES.index("zoomed")] == pytest.approx(-0.7, abs=0.15)
+    # a fresh draw of the same law: coverage near nominal overall and in every slice
+    v2, s2, t2, w2, z2, _, _ = _synthetic(40000, seed=1)
+    after = apply_calibration(cal, v2, s2, w2, z2)
+    err = np.abs(v2 - t2)
+    r = t2[:, 2] / p_fold("plate")
+    for rows in (z2, ~z2 & (r < 0.3), ~z2 & (r > 0.8), np.ones(len(r), bool)):
+        c1, c2 = _coverage(err[rows], after[rows])
+        assert np.all(np.abs(c1 - ONE_SIGMA) < 0.03), c1
+        assert np.all(np.abs(c2 - TWO_SIGMA) < 0.02), c2
+    # one overall factor would not: the zoomed spectra are over-covered
+    single = np.quantile(err / s2, ONE_SIGMA, axis=0)
+    assert (err[z2] <= s2[z2] * single).mean() > 0.75
 
 
-def test_cells_by_zoom_and_p_over_fold():
-    fold = p_fold("plate")
-    p = np.array([0.1, 0.31, 0.6, 0.7, 0.85, 0.95, 1.2]) * fold
-    assert cell_index(p, np.zeros(7, bool), "plate").tolist() == [0, 1, 2, 3, 4, 5, 5]
-    n_bins = len(P_EDGES) - 1
-    assert cell_index(p, np.ones(7, bool), "plate").tolist() == [
-        n_bins + i for i in (0, 1, 2, 3, 4, 5, 5)
-    ]
-
-
-def test_fit_and_apply_restore_coverage_per_cell():
-    values, sigmas, truth, zoomed, k = _synthetic(60000)
-    table = fit_table(values, sigmas, truth, zoomed, "plate")
-    assert table["version"] == 1 and len(table["factors"]) == 2 * (len(P_EDGES) - 1)
-    assert sum(table["counts"]) == 60000
-    # fresh draw, same law: coverage near nominal in every cell and overall
-    v2, s2, t2, z2, _ = _synthetic(60000, seed=1)
-    after = apply_table(table, v2, s2, z2)
-    err = np.abs(v2 - t2)[:, :2]
-    cells = cell_index(v2[:, 2], z2, "plate")
-    for c in np.unique(cells):
-        inside = cells == c
-        cover1 = (err[inside] <= after[inside, :2]).mean(0)
-        cover2 = (err[inside] <= 2 * after[inside, :2]).mean(0)
-        assert np.all(np.abs(cover1 - 0.683) < 0.04), (c, cover1)
-        assert np.all(np.abs(cover2 - 0.954) < 0.03), (c, cover2)
-    # a single overall factor would not: the zoomed thin-sample cell is over-covered
-    single = np.quantile(err / s2[:, :2], 0.6827, axis=0)
-    first = cells == len(P_EDGES) - 1
-    assert (err[first] <= s2[first, :2] * single).mean() > 0.9
-    # the factors are the error scales of each cell (k at the cell's mid p)
-    assert table["factors"][0][0] == pytest.approx(1 + 3 * 0.15, rel=0.1)
-    n_bins = len(P_EDGES) - 1
-    assert table["factors"][n_bins][0] == pytest.approx(0.5 * (1 + 3 * 0.15), rel=0.1)
-
-
-def test_sparse_cells_take_the_overall_factor_of_their_zoom_state():
-    values, sigmas, truth, zoomed, _ = _synthetic(20000)
-    # cells hold about 2,000 spectra, the zoom states 8,000 and 12,000
-    table = fit_table(values, sigmas, truth, zoomed, "plate", min_per_cell=5000)
-    n_bins = len(P_EDGES) - 1
-    assert all(f == table["factors"][0] for f in table["factors"][:n_bins])
-    assert all(f == table["factors"][n_bins] for f in table["factors"][n_bins:])
-    assert table["factors"][0][0] > 1.5 * table["factors"][n_bins][0]
-    assert MIN_PER_CELL >= 100
-
-
-def test_apply_without_table_is_identity_and_bad_input_is_refused():
+def test_apply_without_calibration_is_identity_and_bad_input_is_refused():
     s = np.ones((3, 3))
-    assert apply_table(None, s, s, np.zeros(3, bool)) is not s
-    assert np.array_equal(apply_table(None, s, s, np.zeros(3, bool)), s)
-    with pytest.raises(ValueError, match="table version"):
-        apply_table({"version": 99}, s, s, np.zeros(3, bool))
+    w = np.tile([0.0, 1000.0], (3, 1))
+    z = np.zeros(3, bool)
+    out = apply_calibration(None, s, s, w, z)
+    assert out is not s and np.array_equal(out, s)
+    with pytest.raises(ValueError, match="version"):
+        apply_calibration({"version": 2, "features": list(FEATURES)}, s, s, w, z)
+    big = np.ones((100, 3))
     with pytest.raises(ValueError, match="finite and > 0"):
-        fit_table(s, np.zeros((3, 3)), s, np.zeros(3, bool), "plate")
+        fit_calibration(
+            big, np.zeros((100, 3)), big, np.tile([0.0, 1.0], (100, 1)), big[:, 0] > 0, "plate"
+        )
     with pytest.raises(ValueError, match="one shape"):
-        fit_table(s, s, np.ones((2, 3)), np.zeros(3, bool), "plate")
+        fit_calibration(s, s, np.ones((2, 3)), w, z, "plate")
+    with pytest.raises(ValueError, match="at least 90"):
+        fit_calibration(s, s, s, w, z, "plate")
+
+
+def test_calibrate_command_writes_a_checkpoint_infer_uses(tmp_path, capsys):
+    import torch
+
+    from dysonian_pl import infer
+    from dysonian_pl.calibration import main
+    from dysonian_pl.params import PRESETS
+    from dysonian_pl.simulate import field_axis, simulate
+
+    src = infer.default_checkpoint("plate")
+    out = tmp_path / "cal.ckpt"
+    assert main(["--ckpt", src, "--out", str(out), "--n", "1000", "--seed", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "| after |" in printed and "| before |" in printed
+    ckpt = torch.load(out, map_location="cpu", weights_only=True)
+    cal = ckpt["dysonian_pl"]["sigma_calibration"]
+    assert cal["kind"] == "log-linear" and cal["fitted_on"] == {
+        "n": 1000, "seed": 3, "zoomed_fraction": pytest.approx(0.35, abs=0.06)
+    }  # fmt: skip
+    assert np.asarray(cal["weights"]).shape == (3, len(FEATURES))
+    # the new checkpoint's sigmas are the raw ones times exp(w . f); values unchanged
+    model, shipped = infer.load_model(out), infer.load_model(src)
+    cfg = PRESETS["set-4"]
+    x = simulate(cfg.replace(n_points=model.sim.n_points), 0, 10**9 + np.arange(32))[0].numpy()
+    axis = field_axis(cfg.replace(n_points=model.sim.n_points))
+    v1, s1, w1 = infer.predict_zoomed(model, axis, x)
+    v0, s0, w0 = infer.predict_zoomed(shipped, axis, x, calibrated=False)
+    np.testing.assert_array_equal(v1, v0)
+    zoomed = w1[:, 1] - w1[:, 0] < 0.999 * (axis[-1] - axis[0])
+    np.testing.assert_allclose(s1, apply_calibration(cal, v1, s0, w1, zoomed), rtol=1e-12)
+    assert not np.allclose(s1, s0)
+    # too few spectra: a clear error, nothing written
+    assert main(["--ckpt", src, "--out", str(tmp_path / "x.ckpt"), "--n", "10"]) == 2
+    assert "--n: at least 1000" in capsys.readouterr().err
+    assert not (tmp_path / "x.ckpt").exists()

@@ -24,6 +24,7 @@ from conftest import (
 )
 
 from dysonian_pl.cli import main, resolve_precision
+from dysonian_pl.lightning_cli import _max_time_s
 from dysonian_pl.simulate import simulate
 
 FALLBACK = "running '32-true'"
@@ -222,7 +223,11 @@ def test_fit_pretrained_recipe_on_the_universal_sets(tmp_path: Path, capsys) -> 
     assert model.uncertainty and model.sim.relative_window and model.sim.geometry == "sphere"
     assert cli.datamodule.n_spectra == TINY_N_SPECTRA
     sched = trainer.lr_scheduler_configs[0].scheduler
-    assert sched.max_time_s == 25 * 60  # the recipe's budget reaches the schedule
+    # the recipe's step budget (machine-independent) reaches the trainer and, capped by
+    # the tiny run's epochs, the schedule; no time budget
+    assert trainer.max_steps == 5600 and _max_time_s(trainer) is None
+    assert sched.max_time_s is None
+    assert sched.max_steps == trainer.estimated_stepping_batches < 5600
     assert {"test/B0_cover1", "test/p_cover2"} <= set(model.test_summary)
 
 

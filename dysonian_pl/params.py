@@ -233,14 +233,15 @@ PRESETS: dict[str, SimulationConfig] = {
 }
 # One model for any sweep (targets relative to the window, which is nominal: 0-1000
 # "G" = the recorded sweep). Ranges cover all six prior-work sets: B0 at 10-90 % of
-# the sweep, dB 1-50 % of it (log-uniform), p past the identifiability fold so the
-# uncertainty head learns where p cannot be read from the shape.
+# the sweep, dB 1-50 % of it (log-uniform), p up to the fold of A/D (plate 2.654,
+# sphere 4.508; `lineshapes.p_fold`) where every shape belongs to one p: beyond it
+# lines repeat shapes of smaller p, and `infer` names that twin (`lineshapes.p_twin`).
 PRESETS["universal-plate"] = SimulationConfig(
-    B0=(100, 900), dB=(10, 500), p=(0.05, 4.0), window=(0.0, 1000.0),
+    B0=(100, 900), dB=(10, 500), p=(0.05, 2.65), window=(0.0, 1000.0),
     log_dB=True, relative_window=True,
 )  # fmt: skip
 PRESETS["universal-sphere"] = SimulationConfig(
-    B0=(100, 900), dB=(10, 500), p=(0.2, 6.0), window=(0.0, 1000.0), geometry="sphere",
+    B0=(100, 900), dB=(10, 500), p=(0.2, 4.5), window=(0.0, 1000.0), geometry="sphere",
     log_dB=True, relative_window=True,
 )  # fmt: skip
 PRESETS["default"] = PRESETS["set-4"]

@@ -546,32 +546,51 @@ def test_svg_ticks_are_round_numbers():
 
 
 def test_p_twin_warnings_follow_the_fold(rel_model):
-    """p's identifiability warning: p +- 2 sigma reaching the fold of A/D (plate 2.6544),
-    or a twin with a large sigma (above 0.15 of the 0.05-4 training span: 0.59)."""
+    """p's identifiability warning: whenever another p gives the same shape (both named,
+    with sigmas), and, without a twin, when p +- 2 sigma reaches the fold of A/D (plate
+    2.6544) or sigma is large (above 0.15 of the training span)."""
+    from types import SimpleNamespace
+
     from dysonian_pl.lineshapes import p_fold, p_twin
 
     assert p_fold("plate") == pytest.approx(2.6544, abs=1e-4)
+    assert rel_model.sim.ranges()["p"] == (0.05, 4.0)  # a model trained across the fold
 
-    def warn(p, s_p):
-        return infer._p_twin_warning(rel_model, p, s_p)
+    def warn(p, s_p, model=rel_model):
+        return infer._p_twin_warning(model, p, s_p)
 
     twin = float(p_twin(2.0, "plate"))
     assert twin == pytest.approx(3.3519, abs=1e-3)
-    # 2.0 +- 0.4 reaches the fold: the pair is named
+    s_twin = infer.twin_sigma(rel_model, 2.0, 0.4, twin)
+    # across the fold: the pair, and where p +- 2 sigma lies against the fold
     assert warn(2.0, 0.4) == (
-        "p = 2 and p = 3.35 give the same line shape (plate); the shape alone cannot tell "
-        "them apart (p ± 2 sigma = 1.2 to 2.8; the fold where A/D is smallest is at p = 2.654)"
+        f"p = 2 ± 0.4 and p = 3.35 ± {s_twin:.2g} give the same line shape (plate); the shape "
+        "alone cannot tell them apart (p ± 2 sigma = 1.2 to 2.8; the fold where A/D is "
+        "smallest is at p = 2.654)"
     )
-    # beyond the fold, a large sigma: the twin below it
-    assert warn(3.0, 0.7).startswith("p = 3 and p = 2.31 give the same line shape (plate)")
-    # a twin but a small sigma, far from the fold: no warning (the p_twin column says it)
-    assert warn(3.3, 0.1) is None and warn(2.0, 0.1) is None
+    assert warn(3.0, 0.7).startswith("p = 3 ± 0.7 and p = 2.31 ± ")
+    # a twin with a small sigma still gets the warning: the shape cannot choose
+    assert warn(3.3, 0.1).startswith("p = 3.3 ± 0.1 and p = 2.04 ± ")
+    # a model trained below the fold (the shipped ones) says which side it answers on
+    thin = SimpleNamespace(
+        names=("B0", "dB", "p"),
+        sim=SimpleNamespace(geometry="plate", ranges=lambda: {"p": (0.05, 2.65)}),
+    )
+    s_twin = infer.twin_sigma(thin, 2.0, 0.03, twin)
+    assert 0.03 < s_twin < 0.1
+    assert warn(2.0, 0.03, thin) == (
+        f"p = 2 ± 0.03 and p = 3.35 ± {s_twin:.2g} give the same line shape (plate); the "
+        "shape alone cannot tell them apart (this model was trained on p 0.05-2.65, below "
+        "the fold at p = 2.654, and answers on that side: take p = 3.35 if the sample can "
+        "be thicker than that)"
+    )
     # no twin (p below 1.55), but the interval reaches the fold
     assert warn(1.2, 0.8) == (
         "p = 1.2 ± 0.8 reaches the fold at p = 2.654 (plate) beyond which lines repeat the "
         "shapes of smaller p; the shape alone cannot tell them apart"
     )
     assert warn(0.5, 0.05) is None and warn(0.5, float("nan")) is None
+    assert warn(0.5, 0.05, thin) is None
     assert np.isnan(infer.twin_of(rel_model, 0.5))
     assert infer.twin_of(rel_model, 2.0) == pytest.approx(twin)
     assert np.isnan(infer.twin_of(rel_model, -0.1))  # an unphysical prediction: no twin

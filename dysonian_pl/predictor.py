@@ -140,7 +140,10 @@ class PredictionMixin:
         return self._fused[0]
 
     def train(self, mode: bool = True):
-        self.__dict__.pop("_fused_key", None)
+        # only a real switch drops the fused copy: `predict_arrays` calls eval() on every
+        # call, and re-fusing costs ~18 ms, 7x the forward pass of one spectrum
+        if bool(mode) != self.training:
+            self.__dict__.pop("_fused_key", None)
         return super().train(mode)
 
     @torch.no_grad()

@@ -237,3 +237,22 @@ def test_atomic_reexports_checkpoint_io_lazily() -> None:
     assert atomic.AtomicCheckpointIO is AtomicCheckpointIO
     with pytest.raises(AttributeError):
         atomic.nothing_here  # noqa: B018
+
+
+def test_predict_arrays_reuses_the_fused_network(rel_ckpt: Path) -> None:
+    """`predict_arrays` calls eval() every time; only a real train/eval switch or a
+    weight change may rebuild the batch-norm-folded copy (it costs ~7 forward passes)."""
+    model = infer.load_model(rel_ckpt)
+    x = simulate(model.sim, 0, 10**9 + np.arange(4))[0].numpy()
+    first = infer.predict_arrays(model, x)
+    fused = model._fused[0]
+    np.testing.assert_array_equal(infer.predict_arrays(model, x), first)
+    assert model._fused[0] is fused
+    model.eval()
+    infer.predict_arrays(model, x)
+    assert model._fused[0] is fused
+    model.train()
+    model.eval()
+    infer.predict_arrays(model, x)
+    assert model._fused[0] is not fused  # rebuilt after a real switch
+    np.testing.assert_array_equal(infer.predict_arrays(model, x), first)

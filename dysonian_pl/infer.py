@@ -514,7 +514,8 @@ def predict_arrays(
         threads = 1
     previous_threads = torch.get_num_threads()
     was_training = model.training
-    model.eval()
+    if was_training:  # eval() walks every module: skipped when there is nothing to switch
+        model.eval()
     try:
         if threads is not None and threads != previous_threads:
             torch.set_num_threads(max(int(threads), 1))
@@ -528,7 +529,8 @@ def predict_arrays(
                 else:
                     out[a : a + batch] = model.predict_physical(chunk).cpu().numpy()
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
         if torch.get_num_threads() != previous_threads:
             torch.set_num_threads(previous_threads)
     return (out, sig) if return_sigma else out

@@ -94,6 +94,10 @@ P_SIGMA_FRACTION = 0.15
 #: rms residual of the reconstruction (fraction of peak-to-peak) above which a spectrum
 #: is reported as not explained by one line of the model's kind
 RMS_WARN = 0.1
+#: fraction of the signal's variance (about a straight baseline) the reconstructed line
+#: must explain; below it the spectrum is reported as not one line of the model's kind
+#: (a line that is a small part of a noisy sweep can pass RMS_WARN and still be missed)
+EXPLAINED_WARN = 0.8
 ZOOM_BELOW = 0.04
 ZOOM_TARGET = 0.10
 ZOOM_ROUNDS = 3
@@ -142,6 +146,7 @@ UNITS = {
     ),
     "baseline_slope": "file intensity units per G",
     "rms_residual": "rms of (measured - reconstructed) over the covered window / measured peak-to-peak",
+    "explained": "fraction of the measured signal's variance about a straight baseline that the reconstructed line explains",
     "coverage": "fraction of the model's window covered by the measured sweep",
     "sweep_lo": "G",
     "sweep_hi": "G",
@@ -554,6 +559,7 @@ class _Fit:
     slope: float
     rms: float
     reconstructed_norm: np.ndarray  # on the model axis, in the normalised units of the input
+    explained: float = math.nan  # fraction of the variance about a straight baseline
 
 
 def _reconstruct(
@@ -576,7 +582,11 @@ def _reconstruct(
     resid = (measured - fitted)[covered]
     rms = float(np.sqrt(np.mean(resid**2)) / prep.scale)
     recon_norm = (fitted - prep.baseline) * sign / prep.scale
-    return _Fit(float(coef[0]), float(coef[1]), float(coef[2]), rms, recon_norm)
+    # how much of the signal (about a straight baseline alone) the line explains
+    base, *_ = np.linalg.lstsq(design[covered, 1:], measured[covered], rcond=None)
+    about_line = float(np.sum((measured[covered] - design[covered, 1:] @ base) ** 2))
+    explained = 1.0 - float(np.sum(resid**2)) / about_line if about_line > 0 else math.nan
+    return _Fit(float(coef[0]), float(coef[1]), float(coef[2]), rms, recon_norm, explained)
 
 
 def format_pm(value: float, sigma: float | None = None) -> str:
@@ -785,7 +795,12 @@ def _warnings_for(
         rng = f"[{r_lo:g}, {r_hi:g}]"
         log = pname == "dB" and bool(getattr(model.sim, "log_dB", False))
         where = _range_position(float(value), r_lo, r_hi, log)
-        if where == "outside":
+        if pname == "p" and value <= 0:
+            out.append(
+                f"{_fmt_value(pname, value)} is not physical (p > 0): the line's asymmetry is "
+                "the opposite of a skin-effect line's (a phase error, or not a Dysonian line)"
+            )
+        elif where == "outside":
             out.append(
                 f"{_fmt_value(pname, value)} is outside the training range {rng}: treat with caution"
             )
@@ -974,7 +989,7 @@ def _columns(model: Predictor, polish: bool) -> list[str]:
         cols += [f"{n}_sigma" for n in model.names]
     if "p" in model.names:
         cols += ["p_twin", "p_twin_sigma"] if _has_sigma(model) else ["p_twin"]
-    cols += ["amplitude", "baseline_offset", "baseline_slope", "rms_residual"]
+    cols += ["amplitude", "baseline_offset", "baseline_slope", "rms_residual", "explained"]
     cols += ["flipped", "coverage", "sweep_lo", "sweep_hi", "window_lo", "window_hi", "zoom"]
     cols += ["n_points_file", "plot"]
     if polish:
@@ -1208,10 +1223,11 @@ def infer_files(
                 sweep,
                 sigmas=sigma if with_sigma else None,
             )
-            if fit.rms > RMS_WARN:
+            if fit.rms > RMS_WARN or fit.explained < EXPLAINED_WARN:
                 warns.append(
                     f"the reconstructed line leaves an rms residual of {_pct(fit.rms)} % of the "
-                    "peak-to-peak: the spectrum is not one line of this model's kind (several "
+                    f"peak-to-peak and explains {_pct(max(fit.explained, 0.0))} % of the "
+                    "signal: the spectrum is not one line of this model's kind (several "
                     "lines, hyperfine structure, distortion) or lies outside its ranges; do not "
                     "trust these numbers"
                 )
@@ -1227,6 +1243,7 @@ def infer_files(
                 baseline_offset=fit.offset,
                 baseline_slope=fit.slope,
                 rms_residual=fit.rms,
+                explained=fit.explained,
                 flipped=bool(prep.flipped),
                 coverage=float(prep.coverage),
                 sweep_lo=sweep_lo,

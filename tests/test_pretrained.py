@@ -279,3 +279,35 @@ def test_twin_sigma_is_the_derivative_of_the_twin_map(geometry: str, p: float) -
     dtwin = (float(p_twin(p + h, geometry)) - float(p_twin(p - h, geometry))) / (2 * h)
     assert infer.twin_sigma(model, p, 0.05, twin) == pytest.approx(0.05 * abs(dtwin), rel=1e-5)
     assert np.isnan(infer.twin_sigma(model, p, 0.05, float("nan")))
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="shared/data/real_spectra not beside the repo")
+def test_a_multiplet_is_not_one_line_even_with_a_small_rms(tmp_path: Path) -> None:
+    """esp.par is a hyperfine multiplet whose lines fill a small part of the sweep: the rms
+    residual stays under RMS_WARN (6.7 %), but the one line explains none of the signal.
+    Sample-X.DSC is one line: 97 % explained, no warning."""
+    files = [REAL / "easyspin-eprfiles" / "esp.par", REAL / "cwepr-jmr2022" / "Sample-X.DSC"]
+    multiplet, single = infer.infer_files(
+        files, infer.load_pretrained("plate"), tmp_path, plots=False, quiet=True
+    )
+    assert multiplet["rms_residual"] < infer.RMS_WARN and multiplet["explained"] < 0.05
+    assert "not one line of this model's kind" in multiplet["warnings"]
+    assert single["explained"] > 0.95 and "not one line" not in single["warnings"]
+    doc = json.loads((tmp_path / "predictions.json").read_text())
+    assert "explained" in doc["units"] and doc["rows"][1]["explained"] == pytest.approx(
+        single["explained"]
+    )
+
+
+def test_an_unphysical_p_is_named_as_such(tmp_path: Path) -> None:
+    """A noisy test line (cwepr's test file) whose asymmetry is the wrong way round:
+    the model answers p < 0, which infer calls unphysical, and the one line explains
+    almost none of the signal."""
+    f = REPO / "tests/data/external/cwepr-0.5.1/test-bes3t-1D-fieldsweep.DSC"
+    (row,) = infer.infer_files(
+        [f], infer.load_pretrained("plate"), tmp_path, plots=False, quiet=True
+    )
+    assert row["status"] == "ok" and row["p"] < 0
+    assert "is not physical (p > 0)" in row["warnings"]
+    assert "outside the training range" not in row["warnings"]
+    assert row["explained"] < 0.1 and "not one line of this model's kind" in row["warnings"]

@@ -61,6 +61,18 @@ def tiny_overrides(
     return args
 
 
+def perturb_batch_norm(net: torch.nn.Module) -> None:
+    """Batch-norm statistics and affine weights far from their defaults (in place), so
+    that folding them into the convolutions is really tested."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+
+
 def assert_test_summary(summary: dict[str, float]) -> None:
     assert set(summary) == METRIC_KEYS, sorted(summary)
     for key, value in summary.items():

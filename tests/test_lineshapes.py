@@ -24,32 +24,38 @@ RTOL = 1e-9
 
 
 # --------------------------------------------------------------------------- references
+def _ref_AD(p, geometry: str):
+    """A and D from the LITERAL closed forms of docs/physics.md, as mpf at the current
+    working precision."""
+    p = mp.mpf(p)
+    sh, s, ch, c = mp.sinh(p), mp.sin(p), mp.cosh(p), mp.cos(p)
+    if geometry == "plate":
+        den = ch + c
+        A = (sh + s) / (2 * p * den) + (1 + ch * c) / den**2
+        D = (sh - s) / (2 * p * den) + sh * s / den**2
+        return A, D
+    cc = ch - c
+    A = (
+        8 / p**4
+        - 8 * (sh + s) / (p**3 * cc)
+        + 8 * sh * s / (p**2 * cc**2)
+        + (sh - s) / (p * cc)
+        - (sh**2 - s**2) / cc**2
+        + 1
+    )
+    D = (
+        8 * (sh - s) / (p**3 * cc)
+        - 4 * (sh**2 - s**2) / (p**2 * cc**2)
+        + (sh + s) / (p * cc)
+        - 2 * sh * s / cc**2
+    )
+    return A * mp.mpf(9) / 4, D * mp.mpf(9) / 4
+
+
 def ref_coefficients(p: float, geometry: str, dps: int = 80) -> tuple[float, float]:
-    """The LITERAL closed forms of docs/physics.md, evaluated with `dps` digits."""
+    """The literal closed forms evaluated with `dps` digits."""
     with mp.workdps(dps):
-        p = mp.mpf(p)
-        sh, s, ch, c = mp.sinh(p), mp.sin(p), mp.cosh(p), mp.cos(p)
-        if geometry == "plate":
-            den = ch + c
-            A = (sh + s) / (2 * p * den) + (1 + ch * c) / den**2
-            D = (sh - s) / (2 * p * den) + sh * s / den**2
-        else:
-            cc = ch - c
-            A = (
-                8 / p**4
-                - 8 * (sh + s) / (p**3 * cc)
-                + 8 * sh * s / (p**2 * cc**2)
-                + (sh - s) / (p * cc)
-                - (sh**2 - s**2) / cc**2
-                + 1
-            )
-            D = (
-                8 * (sh - s) / (p**3 * cc)
-                - 4 * (sh**2 - s**2) / (p**2 * cc**2)
-                + (sh + s) / (p * cc)
-                - 2 * sh * s / cc**2
-            )
-            A, D = A * mp.mpf(9) / 4, D * mp.mpf(9) / 4
+        A, D = _ref_AD(p, geometry)
         return float(A), float(D)
 
 
@@ -188,22 +194,7 @@ def test_ad_ratio_minimum(geometry, p_min, ratio_min, bounds):
 def ref_ad(p, geometry: str, dps: int = 50):
     """A/D from the literal closed forms at `dps` digits, as an mpf."""
     with mp.workdps(dps):
-        p = mp.mpf(p)
-        sh, s, ch, c = mp.sinh(p), mp.sin(p), mp.cosh(p), mp.cos(p)
-        if geometry == "plate":
-            den = ch + c
-            A = (sh + s) / (2 * p * den) + (1 + ch * c) / den**2
-            D = (sh - s) / (2 * p * den) + sh * s / den**2
-        else:
-            cc = ch - c
-            A = (
-                8 / p**4 - 8 * (sh + s) / (p**3 * cc) + 8 * sh * s / (p**2 * cc**2)
-                + (sh - s) / (p * cc) - (sh**2 - s**2) / cc**2 + 1
-            )  # fmt: skip
-            D = (
-                8 * (sh - s) / (p**3 * cc) - 4 * (sh**2 - s**2) / (p**2 * cc**2)
-                + (sh + s) / (p * cc) - 2 * sh * s / cc**2
-            )  # fmt: skip
+        A, D = _ref_AD(p, geometry)
         return A / D
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import perturb_batch_norm
 
 from dysonian_pl import infer, npnet
 from dysonian_pl.model import fuse_for_inference
@@ -26,13 +27,8 @@ def _random_predictor(sim: SimulationConfig, seed: int, **kwargs) -> Predictor:
     the defaults, so that folding them into the convolutions matters."""
     torch.manual_seed(seed)
     model = Predictor(sim=sim, **kwargs)
+    perturb_batch_norm(model.net)
     with torch.no_grad():
-        for m in model.net.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
         model.sigma_scale.copy_(torch.tensor([1.3, 0.7, 2.1], dtype=torch.float64))
     model.eval().requires_grad_(False)
     model.checkpoint_meta = {"format": 1, "target_names": list(sim.target_names)}

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import perturb_batch_norm
 
 from dysonian_pl import infer
 from dysonian_pl.module import DysonianRegressor
@@ -104,13 +105,7 @@ def test_predictor_matches_regressor_without_uncertainty(tmp_path: Path) -> None
     )
     torch.manual_seed(0)
     reg = DysonianRegressor(sim=sim, width=8)
-    with torch.no_grad():
-        for m in reg.net.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
+    perturb_batch_norm(reg.net)
     ckpt = {"hyper_parameters": dict(reg.hparams), "state_dict": reg.state_dict()}
     reg.on_save_checkpoint(ckpt)
     path = tmp_path / "plain.ckpt"

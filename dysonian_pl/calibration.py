@@ -12,12 +12,15 @@ right on average and wrong in parts of the input space.
 through the same path as `infer` (`infer.predict_zoomed`), a log-linear model of the
 factor each sigma needs, per parameter:
 
-    log factor = w . f,   f = (1, zoomed, (1 - zoomed) * (l, l^2, u, u^2), r, r^2, r^3)
+    log factor = w . f,   f = (1, zoomed, (1 - zoomed) * (l, l^2, u, u^2), r, r^2, r^3, s, s^2)
 
 with l = log(distance from B0 to the nearer end of the window read / dB) (lines near
 an end are read worse than the network alone admits, lines in the middle better),
 u = log(dB / window width), r = p / p_fold (the error in p grows towards the fold of
-A/D, `lineshapes.p_fold`), all from the *predicted* values, never the truth. The
+A/D, `lineshapes.p_fold`), and s = log(the parameter's own sigma, relative to the
+window width for B0 and dB), centred on its mean over the fitting draw (the
+likelihood-trained sigmas spread too little or too much between easy and hard lines),
+all from the *predicted* values, never the truth. The
 weights minimise the Gaussian negative log-likelihood of the errors (scipy, when
 fitting only); then the constant term is set so that the ±1 sigma and ±2 sigma
 coverage of the fitting draw are together closest to 68.3 % and 95.4 %.
@@ -38,6 +41,7 @@ from .lineshapes import p_fold
 __all__ = [
     "FEATURES",
     "ONE_SIGMA",
+    "SHARED",
     "TWO_SIGMA",
     "apply_calibration",
     "features",
@@ -49,16 +53,19 @@ ONE_SIGMA = math.erf(1 / math.sqrt(2))
 TWO_SIGMA = math.erf(2 / math.sqrt(2))
 #: names of the columns of `features`
 FEATURES = (
-    "1", "zoomed", "l", "l^2", "u", "u^2", "r", "r^2", "r^3",
+    "1", "zoomed", "l", "l^2", "u", "u^2", "r", "r^2", "r^3", "s", "s^2",
 )  # fmt: skip
-CALIBRATION_VERSION = 3
+#: the features shared by every parameter (`features`); "s", "s^2" are each parameter's own
+SHARED = 9
+CALIBRATION_VERSION = 4
 
 
 def features(
     values: np.ndarray, windows: np.ndarray, zoomed: np.ndarray, geometry: str
 ) -> np.ndarray:
-    """(N, len(FEATURES)) features of predictions (B0, dB, p in physical units) read on
-    `windows` (N, 2), `zoomed` (N,) telling which were read on a zoomed window."""
+    """(N, SHARED) features shared by every parameter, of predictions (B0, dB, p in
+    physical units) read on `windows` (N, 2), `zoomed` (N,) telling which were read on
+    a zoomed window (the first SHARED names of FEATURES)."""
     values = np.asarray(values, dtype=np.float64)
     windows = np.asarray(windows, dtype=np.float64)
     whole = 1.0 - np.asarray(zoomed, dtype=np.float64)
@@ -73,6 +80,17 @@ def features(
         [np.ones(len(values)), 1.0 - whole, whole * l, whole * l**2, whole * u, whole * u**2,
          r, r**2, r**3]
     )  # fmt: skip
+
+
+def _log_sigma(sigmas: np.ndarray, windows: np.ndarray, j: int) -> np.ndarray:
+    """log of parameter j's sigma, relative to the window width for B0 and dB (j < 2)."""
+    windows = np.asarray(windows, dtype=np.float64)
+    scale = np.maximum(windows[:, 1] - windows[:, 0], 1e-300) if j < 2 else 1.0
+    return np.log(np.maximum(np.asarray(sigmas, dtype=np.float64)[:, j] / scale, 1e-300))
+
+
+def _with_sigma(shared: np.ndarray, s: np.ndarray) -> np.ndarray:
+    return np.column_stack([shared, s, s**2])
 
 
 def _closest_factor(z: np.ndarray) -> float:
@@ -109,27 +127,33 @@ def fit_calibration(
         raise ValueError("every sigma must be finite and > 0 (a model with uncertainty)")
     if len(values) < 10 * len(FEATURES):
         raise ValueError(f"at least {10 * len(FEATURES)} predictions to fit on (got {len(values)})")
-    f = features(values, windows, zoomed, geometry)
-    weights = []
+    shared = features(values, windows, zoomed, geometry)
+    weights, centres = [], []
     for j in range(values.shape[1]):
         err, log_s = np.abs(values[:, j] - truth[:, j]), np.log(sigmas[:, j])
+        s_j = _log_sigma(sigmas, windows, j)
+        centre = float(np.mean(s_j))
+        f = _with_sigma(shared, s_j - centre)
 
-        def nll(w: np.ndarray, err=err, log_s=log_s) -> tuple[float, np.ndarray]:
+        def nll(w: np.ndarray, err=err, log_s=log_s, f=f) -> tuple[float, np.ndarray]:
             log_sigma = log_s + f @ w
             q = (err * np.exp(-log_sigma)) ** 2
             return float(np.mean(0.5 * q + log_sigma)), f.T @ (1.0 - q) / len(err)
 
         bounds = [(-20.0, 20.0)] * f.shape[1]  # finite even if every error were 0
-        w = minimize(nll, np.zeros(f.shape[1]), jac=True, method="L-BFGS-B", bounds=bounds).x
+        with np.errstate(over="ignore"):  # a line-search probe may overflow; it is rejected
+            w = minimize(nll, np.zeros(f.shape[1]), jac=True, method="L-BFGS-B", bounds=bounds).x
         z = err / np.exp(log_s + f @ w)
         w[0] += math.log(_closest_factor(z))
         weights.append([float(v) for v in w])
+        centres.append(centre)
     return {
         "version": CALIBRATION_VERSION,
         "kind": "log-linear",
         "geometry": geometry,
         "features": list(FEATURES),
         "weights": weights,
+        "s_centres": centres,
     }
 
 
@@ -153,8 +177,11 @@ def apply_calibration(
             f"{CALIBRATION_VERSION} (written by another dysonian_pl version)"
         )
     w = np.asarray(calibration["weights"], dtype=np.float64)
-    f = features(values, windows, zoomed, calibration["geometry"])
-    return sigmas * np.exp(f @ w.T)
+    shared = features(values, windows, zoomed, calibration["geometry"])
+    for j, centre in enumerate(calibration["s_centres"]):
+        s_j = _log_sigma(sigmas, windows, j) - centre
+        sigmas[:, j] = sigmas[:, j] * np.exp(_with_sigma(shared, s_j) @ w[j])
+    return sigmas
 
 
 def calibrate_model(model, n: int, seed: int, rounds: int | None = None) -> tuple[dict, dict]:
@@ -256,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.save(ckpt, fh)
     names = list(model.names)
     print(
-        f"{out}: sigma calibration (log-linear in position of the line in the window read, width and p / p_fold) ({summary['zoomed_fraction']:.0%} zoomed)"
+        f"{out}: sigma calibration (log-linear in the line's position in the window read, its width, p / p_fold and its own sigma) ({summary['zoomed_fraction']:.0%} zoomed)"
     )
     print(
         "| check draw | "

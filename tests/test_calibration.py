@@ -8,6 +8,7 @@ import pytest
 from dysonian_pl.calibration import (
     FEATURES,
     ONE_SIGMA,
+    SHARED,
     TWO_SIGMA,
     apply_calibration,
     features,
@@ -47,7 +48,7 @@ def test_features_from_predictions():
     values = np.array([[500.0, 50.0, 1.0], [120.0, 10.0, 2.0], [990.0, 20.0, 0.5]])
     windows = np.array([[0.0, 1000.0], [0.0, 1000.0], [900.0, 1100.0]])
     f = features(values, windows, np.array([False, False, True]), "plate")
-    assert f.shape == (3, len(FEATURES))
+    assert f.shape == (3, SHARED) and SHARED == len(FEATURES) - 2
     assert f[0, FEATURES.index("l")] == pytest.approx(np.log(500 / 50))
     assert f[1, FEATURES.index("l")] == pytest.approx(np.log(120 / 10))
     assert f[0, FEATURES.index("u")] == pytest.approx(np.log(0.05))
@@ -58,7 +59,8 @@ def test_features_from_predictions():
 def test_fit_and_apply_restore_coverage_where_one_factor_cannot():
     values, sigmas, truth, windows, zoomed, _, _ = _synthetic(40000)
     cal = fit_calibration(values, sigmas, truth, windows, zoomed, "plate")
-    assert cal["version"] == 3 and cal["features"] == list(FEATURES)
+    assert cal["version"] == 4 and cal["features"] == list(FEATURES)
+    assert len(cal["s_centres"]) == 3
     # the learned log-factor of B0 follows the one that made the errors
     w = np.asarray(cal["weights"])[0]
     assert w[FEATURES.index("r")] + w[FEATURES.index("r^2")] + w[FEATURES.index("r^3")] == (
@@ -86,7 +88,7 @@ def test_apply_without_calibration_is_identity_and_bad_input_is_refused():
     out = apply_calibration(None, s, s, w, z)
     assert out is not s and np.array_equal(out, s)
     with pytest.raises(ValueError, match="version"):
-        apply_calibration({"version": 2, "features": list(FEATURES)}, s, s, w, z)
+        apply_calibration({"version": 3, "features": list(FEATURES)}, s, s, w, z)
     big = np.ones((100, 3))
     with pytest.raises(ValueError, match="finite and > 0"):
         fit_calibration(
@@ -94,7 +96,7 @@ def test_apply_without_calibration_is_identity_and_bad_input_is_refused():
         )
     with pytest.raises(ValueError, match="one shape"):
         fit_calibration(s, s, np.ones((2, 3)), w, z, "plate")
-    with pytest.raises(ValueError, match="at least 90"):
+    with pytest.raises(ValueError, match="at least 110"):
         fit_calibration(s, s, s, w, z, "plate")
 
 
@@ -132,3 +134,29 @@ def test_calibrate_command_writes_a_checkpoint_infer_uses(tmp_path, capsys):
     assert main(["--ckpt", src, "--out", str(tmp_path / "x.ckpt"), "--n", "10"]) == 2
     assert "--n: at least 1000" in capsys.readouterr().err
     assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_the_sigma_feature_corrects_sigmas_that_spread_too_little():
+    """Errors that grow as sigma^2 (a network whose sigmas are right on average but too
+    alike between easy and hard lines): the s feature learns the power."""
+    rng = np.random.default_rng(5)
+    n = 40000
+    truth = np.column_stack(
+        [rng.uniform(100, 900, n), np.full(n, 50.0), rng.uniform(0.05, 0.5, n)]
+    )  # fmt: skip
+    windows = np.tile([0.0, 1000.0], (n, 1))
+    zoomed = np.zeros(n, bool)
+    sigmas = np.exp(rng.uniform(np.log(0.5), np.log(5.0), (n, 3))) * [1.0, 1.0, 0.01]
+    scale = sigmas**2 / np.exp(np.mean(np.log(sigmas**2), axis=0))  # sigma^2, unit mean
+    values = truth + rng.standard_normal((n, 3)) * scale
+    cal = fit_calibration(values, sigmas, truth, windows, zoomed, "plate")
+    w = np.asarray(cal["weights"])
+    # log factor = log(true scale) - log(sigma) = log sigma + const: weight 1 on s
+    assert w[0, FEATURES.index("s")] == pytest.approx(1.0, abs=0.05)
+    v2 = truth + rng.standard_normal((n, 3)) * scale
+    after = apply_calibration(cal, v2, sigmas, windows, zoomed)
+    err = np.abs(v2 - truth)
+    small, large = sigmas[:, 0] < 1.0, sigmas[:, 0] > 3.0
+    for rows in (small, large):
+        c1, _ = _coverage(err[rows], after[rows])
+        assert np.all(np.abs(c1 - ONE_SIGMA) < 0.03), c1

@@ -145,7 +145,7 @@ UNITS = {
         "(includes the median the preprocessing subtracted)"
     ),
     "baseline_slope": "file intensity units per G",
-    "rms_residual": "rms of (measured - reconstructed) over the covered window / measured peak-to-peak",
+    "rms_residual": "rms of (measured - reconstructed) over the measured sweep (the whole sweep also for a zoomed reading) / measured peak-to-peak",
     "explained": "fraction of the measured signal's variance about a straight baseline that the reconstructed line explains",
     "coverage": "fraction of the model's window covered by the measured sweep",
     "sweep_lo": "G",
@@ -1200,6 +1200,7 @@ def infer_files(
         params_all, sigma_all, windows, zoomed = read_zoomed(
             model, first, [r[4] for r in ready], prepare_again, rounds=ZOOM_ROUNDS
         )
+        whole = {k: (ready[k][2], ready[k][3]) for k in zoomed}  # first readings
         for k, (new_prep, new_axis) in zoomed.items():
             i, spec, _, _, sweep = ready[k]
             ready[k] = (i, spec, new_prep, new_axis, sweep)
@@ -1214,6 +1215,13 @@ def infer_files(
             sweep_lo, sweep_hi = sweep
             covered = (axis >= sweep_lo) & (axis <= sweep_hi)
             fit = _reconstruct(model, axis, prep, params, covered)
+            # how well one line explains the file: on the whole sweep, also when it was
+            # read zoomed (a zoom window around one line of a multiplet looks clean)
+            check = fit
+            if k in whole:
+                w_prep, w_axis = whole[k]
+                w_covered = (w_axis >= sweep_lo) & (w_axis <= sweep_hi)
+                check = _reconstruct(model, w_axis, w_prep, params, w_covered)
             warns = _warnings_for(
                 model,
                 params,
@@ -1223,10 +1231,10 @@ def infer_files(
                 sweep,
                 sigmas=sigma if with_sigma else None,
             )
-            if fit.rms > RMS_WARN or fit.explained < EXPLAINED_WARN:
+            if check.rms > RMS_WARN or check.explained < EXPLAINED_WARN:
                 warns.append(
-                    f"the reconstructed line leaves an rms residual of {_pct(fit.rms)} % of the "
-                    f"peak-to-peak and explains {_pct(max(fit.explained, 0.0))} % of the "
+                    f"the reconstructed line leaves an rms residual of {_pct(check.rms)} % of "
+                    f"the peak-to-peak and explains {_pct(max(check.explained, 0.0))} % of the "
                     "signal: the spectrum is not one line of this model's kind (several "
                     "lines, hyperfine structure, distortion) or lies outside its ranges; do not "
                     "trust these numbers"
@@ -1242,8 +1250,8 @@ def infer_files(
                 amplitude=fit.amplitude,
                 baseline_offset=fit.offset,
                 baseline_slope=fit.slope,
-                rms_residual=fit.rms,
-                explained=fit.explained,
+                rms_residual=check.rms,
+                explained=check.explained,
                 flipped=bool(prep.flipped),
                 coverage=float(prep.coverage),
                 sweep_lo=sweep_lo,

@@ -1,0 +1,146 @@
+"""Architecture A/B for the speed issue: one network variant trained on fresh set-4 spectra
+for a fixed wall-time budget with the default recipe, then its held-out MAE.
+
+The recipe is the default `fit`'s, without Lightning (so variants that the CLI does not
+offer can be tried): AdamW lr 4e-3 (weight decay 1e-4), batch 128, 100 warm-up steps,
+then cosine decay to 2 % over the wall-time budget, MSE on min-max scaled targets with
+weights 1, 1, 2, gradient clipping at 1.0; fresh spectra every step (simulated 1,024 at a
+time); 2,000 held-out spectra from another seed. Run variants in pairs, one thread each,
+so that both see the same machine:
+
+    python scripts/arch_ab.py default 480 > a.json & python scripts/arch_ab.py integral 480 > b.json & wait
+
+Variants: ``default`` (the default fast network), ``lr=X`` (the default network at
+learning rate X), ``integral`` (the default network plus a fourth input channel, the
+spectrum's running integral, z-scored) and a JSON object for a fold-F network without
+the four-stage pyramid, e.g. ``'{"fold": 4, "width": 32, "dilations": [1, 2, 4, 8]}'``
+(space-to-depth by F, 1 x 3 residual blocks with those dilations at 1/F resolution,
+attention pooling). Prints one JSON line: steps, samples/s and MAE (B0 G, dB G, p).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from dysonian_pl.model import (
+    FOLD,
+    AttentionPool,
+    Block2d,
+    DysonNet,
+    _statistics,
+    folded_input_channels,
+)
+from dysonian_pl.params import preset
+from dysonian_pl.simulate import simulate
+
+
+class IntegralNet(DysonNet):
+    """The default network with the spectrum's running integral as a fourth input channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features[0] = nn.Conv2d(4 * FOLD, self.features[0].out_channels, (1, 1), bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, length = x.shape
+        c = torch.cumsum(x - x.mean(-1, keepdim=True), -1)
+        c = (c - c.mean(-1, keepdim=True)) / c.std(-1, keepdim=True).clamp_min(1e-6)
+        g = c.view(n, 1, length // FOLD, FOLD).permute(0, 3, 1, 2)
+        h = torch.cat([folded_input_channels(x), g], 1)
+        h = self.features(h.contiguous(memory_format=torch.channels_last)).squeeze(2)
+        z = self.trunk(self.pool(h).flatten(1))
+        return torch.cat([head(z) for head in self.heads], 1)
+
+
+class FlatNet(nn.Module):
+    """Space-to-depth by `fold`, dilated 1 x 3 residual blocks at that resolution, pooling."""
+
+    def __init__(self, fold: int = 4, width: int = 32, dilations=(1, 2, 4, 8)) -> None:
+        super().__init__()
+        self.fold = fold
+        self.features = nn.Sequential(
+            nn.Conv2d(3 * fold, width, (1, 1), bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            *(Block2d(width, 3, d) for d in dilations),
+        )
+        self.pool = AttentionPool(width, 4)
+        self.trunk = nn.Sequential(nn.Linear(4 * width + 4, 256), nn.ReLU(), nn.Dropout(0.1))
+        self.head = nn.Linear(256, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, length = x.shape
+        mean, std, lo, span = _statistics(x)
+        pos = torch.linspace(-1.0, 1.0, length).expand(n, length)
+        m, f = length // self.fold, self.fold
+        chans = [((x - mean) / std), (2 * (x - lo) / span - 1), pos]
+        h = torch.cat([c.reshape(n, m, f) for c in chans], -1).view(n, 1, m, 3 * f)
+        h = self.features(h.permute(0, 3, 1, 2)).squeeze(2)
+        return self.head(self.trunk(self.pool(h)))
+
+
+def build(variant: str) -> tuple[nn.Module, float]:
+    """(network, learning rate) of a variant name."""
+    if variant == "default":
+        return DysonNet(), 4e-3
+    if variant.startswith("lr="):
+        return DysonNet(), float(variant[3:])
+    if variant == "integral":
+        return IntegralNet(), 4e-3
+    spec = json.loads(variant)
+    net = FlatNet(spec.get("fold", 4), spec.get("width", 32), spec.get("dilations", (1, 2, 4, 8)))
+    return net, 4e-3
+
+
+def main(variant: str, budget_s: float, threads: int = 1) -> dict:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = preset("set-4")
+    net, lr0 = build(variant)
+    net = net.to(memory_format=torch.channels_last)
+    x_val, y_val = simulate(cfg, 999, np.arange(2000))
+    lo, span = torch.tensor([3300.0, 3.0, 0.2]), torch.tensor([100.0, 97.0, 1.8])
+    weights = torch.tensor([1.0, 1.0, 2.0])
+    opt = torch.optim.AdamW(net.parameters(), lr=lr0, weight_decay=1e-4)
+    batch, block = 128, 8
+    t0, step = time.perf_counter(), 0
+    while (elapsed := time.perf_counter() - t0) < budget_s:
+        cosine = 0.5 * (1 + math.cos(math.pi * min(elapsed / budget_s, 1.0)))
+        for g in opt.param_groups:
+            g["lr"] = lr0 * min(1.0, (step + 1) / 100) * (0.02 + 0.98 * cosine)
+        if step % block == 0:
+            xs, ys = simulate(cfg, 0, np.arange(step * batch, (step + block) * batch))
+        k = (step % block) * batch
+        xb, yb = xs[k : k + batch], (ys[k : k + batch].float() - lo) / span
+        net.train()
+        loss = (((net(xb) - yb) ** 2).mean(0) * weights).sum() / weights.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        step += 1
+    net.eval()
+    with torch.no_grad():
+        pred = torch.cat([net(x_val[i : i + 500]) for i in range(0, len(x_val), 500)])
+    mae = (pred.double() * span.double() + lo.double() - y_val).abs().mean(0)
+    return {
+        "variant": variant,
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "steps": step,
+        "samples_per_s": round(step * batch / budget_s, 1),
+        "mae_B0_dB_p": [round(v, 4) for v in mae.tolist()],
+    }
+
+
+if __name__ == "__main__":
+    if len(sys.argv) not in (3, 4):
+        sys.exit(__doc__)
+    args = (sys.argv[1], float(sys.argv[2]), *(int(a) for a in sys.argv[3:]))
+    print(json.dumps(main(*args)))

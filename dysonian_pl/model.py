@@ -2,11 +2,12 @@
 
 It takes the normalised spectrum (N, n_points) and builds its own three input
 channels (per-spectrum z-score, peak-to-peak scaled to [-1, 1], field position in
-[-1, 1]) so training and inference cannot disagree. Two architectures:
+[-1, 1]; the fast network optionally a fourth, the running integral, i.e. the
+absorption line) so training and inference cannot disagree. Two architectures:
 
 * ``"prior"``: the prior work's network, exactly 691,283 parameters (physics.md).
 * ``"fast"`` (default): the spectrum is folded at once to 1/16 resolution, the 16
-  neighbouring points of each of the three channels becoming 48 input channels
+  neighbouring points of each of the three (four) channels becoming 48 (64) channels
   (space-to-depth: nothing is discarded, and a 1x1 convolution learns the local
   filters). Four stages of residual blocks (widths w, 2w, 8w/3, 4w) halve the length
   between stages; attention pooling returns pooled features and the expected field
@@ -47,32 +48,44 @@ def input_channels(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([(x - mean) / std, ptp, pos], dim=1)
 
 
-def folded_input_channels(x: torch.Tensor) -> torch.Tensor:
-    """(N, L) spectra -> the three input channels folded by `FOLD`, as (N, 3 FOLD, 1, L')
-    in channels-last layout, written in one pass.
+def running_integral(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """The z-scored running integral of (N, L) spectra about their `mean`: the absorption
+    line of a first-derivative spectrum (summed in float64, returned in x's dtype)."""
+    c = torch.cumsum((x - mean).double(), dim=-1)
+    var, c_mean = torch.var_mean(c, dim=-1, keepdim=True)
+    return ((c - c_mean) / var.sqrt().clamp_min(1e-6)).to(x.dtype)
+
+
+def folded_input_channels(x: torch.Tensor, integral: bool = False) -> torch.Tensor:
+    """(N, L) spectra -> the input channels folded by `FOLD`, as (N, C FOLD, 1, L') in
+    channels-last layout, written in one pass: C = 3 (z-score, peak-to-peak in [-1, 1],
+    position), or 4 with `integral` (`running_integral`, last).
 
     Channel ``c * FOLD + k`` at position ``j`` is input channel ``c`` at point
     ``j * FOLD + k``. The spectrum is padded with its edge values to whole folds and to
-    at least one position after the network's three halvings (statistics are those of
-    the unpadded spectrum).
+    at least one position after the network's three halvings (statistics, and the
+    integral, are those of the unpadded spectrum).
     """
     n, length = x.shape
     mean, std, lo, span = _statistics(x)
     pos = torch.linspace(-1.0, 1.0, length, device=x.device, dtype=x.dtype)
+    extra = [running_integral(x, mean)] if integral else []
     padded = max(-(-length // FOLD) * FOLD, 8 * FOLD)
     if padded != length:
         x = F.pad(x[:, None], (0, padded - length), mode="replicate")[:, 0]
         pos = F.pad(pos[None, None], (0, padded - length), mode="replicate")[0, 0]
+        extra = [F.pad(c[:, None], (0, padded - length), mode="replicate")[:, 0] for c in extra]
     m = padded // FOLD
     folded = torch.cat(
         [
             ((x - mean) / std).view(n, m, FOLD),
             (2.0 * (x - lo) / span - 1.0).view(n, m, FOLD),
             pos.view(1, m, FOLD).expand(n, m, FOLD),
+            *(c.reshape(n, m, FOLD) for c in extra),
         ],
         dim=-1,
-    )  # (N, L', 3 FOLD): the memory order of channels-last (N, 3 FOLD, 1, L')
-    return folded.view(n, 1, m, 3 * FOLD).permute(0, 3, 1, 2)
+    )  # (N, L', C FOLD): the memory order of channels-last (N, C FOLD, 1, L')
+    return folded.view(n, 1, m, folded.shape[-1]).permute(0, 3, 1, 2)
 
 
 class ResBlock(nn.Module):
@@ -143,6 +156,8 @@ class DysonNet(nn.Module):
         depth: residual blocks per stage of the fast network (dilations 1, 2, 4, ...).
         dropout: dropout before the heads.
         n_outputs: 3 (B0, dB, p), or 6 with a log-standard-deviation per parameter.
+        integral: fast network only: a fourth input channel, the spectrum's running
+            integral (its absorption line; `running_integral`).
     """
 
     def __init__(
@@ -152,6 +167,7 @@ class DysonNet(nn.Module):
         dropout: float = 0.1,
         n_outputs: int = 3,
         depth: int = 1,
+        integral: bool = False,
     ) -> None:
         super().__init__()
         if arch not in ARCHITECTURES:
@@ -164,7 +180,12 @@ class DysonNet(nn.Module):
             raise ConfigError(f"model.depth: must be in 1..8 (got {depth})")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"model.dropout: must be in [0, 1) (got {dropout})")
-        self.arch, self.n_outputs = arch, n_outputs
+        if integral and arch != "fast":
+            raise ConfigError(
+                f"model.integral: needs model.arch 'fast' (got {arch!r}); "
+                "set model.integral false (--model.integral false) for this architecture"
+            )
+        self.arch, self.n_outputs, self.integral = arch, n_outputs, bool(integral)
         if arch == "prior":
             self.features, feat = self._prior_features(), 128
             self.pool: nn.Module = nn.AdaptiveAvgPool1d(1)
@@ -176,7 +197,7 @@ class DysonNet(nn.Module):
                 for _ in range(n_outputs)
             )
         else:
-            self.features, feat = self._fast_features(width, depth)
+            self.features, feat = self._fast_features(width, depth, 4 if integral else 3)
             heads = 4
             self.pool = AttentionPool(feat, heads)
             pooled = heads * feat + heads
@@ -200,9 +221,9 @@ class DysonNet(nn.Module):
         )  # fmt: skip
 
     @staticmethod
-    def _fast_features(w: int, depth: int) -> tuple[nn.Sequential, int]:
+    def _fast_features(w: int, depth: int, channels: int = 3) -> tuple[nn.Sequential, int]:
         widths = (w, 2 * w, (8 * w) // 3, 4 * w)
-        layers = _conv_bn_relu(3 * FOLD, widths[0], 1, 1)
+        layers = _conv_bn_relu(channels * FOLD, widths[0], 1, 1)
         for i, c in enumerate(widths):
             if i:
                 layers += _conv_bn_relu(widths[i - 1], c, 2, 2)
@@ -213,7 +234,7 @@ class DysonNet(nn.Module):
         if self.arch == "prior":
             h = self.features(input_channels(x))
         else:
-            h = self.features(folded_input_channels(x)).squeeze(2)
+            h = self.features(folded_input_channels(x, self.integral)).squeeze(2)
         z = self.trunk(self.pool(h).flatten(1))
         return torch.cat([head(z) for head in self.heads], dim=1)
 

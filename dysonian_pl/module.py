@@ -63,6 +63,8 @@ class DysonianRegressor(PredictionMixin, L.LightningModule):
         uncertainty: also predict a standard deviation per parameter (Gaussian
             beta-NLL loss, beta = 0.5), calibrated after every validation epoch so that
             68.3 % of validation errors fall inside +-1 sigma.
+        integral: fast network only: the spectrum's running integral (its absorption
+            line) as a fourth input channel (`model.running_integral`).
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class DysonianRegressor(PredictionMixin, L.LightningModule):
         lr_scaling: str = "linear",
         uncertainty: bool = False,
         depth: int = 1,
+        integral: bool = False,
     ) -> None:
         super().__init__()
         sim = as_simulation_config(sim)
@@ -92,11 +95,11 @@ class DysonianRegressor(PredictionMixin, L.LightningModule):
         # plain types only, so checkpoints load with torch.load(weights_only=True)
         self.save_hyperparameters(
             hyper_parameters(
-                sim, arch, width, dropout, loss_weights, lr_scaling, uncertainty, depth
+                sim, arch, width, dropout, loss_weights, lr_scaling, uncertainty, depth, integral
             )
         )
         self.uncertainty = uncertainty
-        self.net = build_network(arch, width, dropout, uncertainty, depth)
+        self.net = build_network(arch, width, dropout, uncertainty, depth, integral)
         # sigma calibration factors (persistent: they travel in the checkpoint)
         self.register_buffer("sigma_scale", torch.ones(3, dtype=torch.float64))
         self.scaler = TargetScaler(sim.ranges())

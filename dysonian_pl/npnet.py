@@ -108,13 +108,14 @@ def _linspace32(n: int) -> np.ndarray:
     return np.linspace(-1.0, 1.0, n).astype(np.float32)
 
 
-def folded_input(x: np.ndarray) -> np.ndarray:
-    """(N, L) normalised spectra -> the fast network's stem input (N, L', 3 FOLD), float32.
+def folded_input(x: np.ndarray, integral: bool = False) -> np.ndarray:
+    """(N, L) normalised spectra -> the fast network's stem input (N, L', C FOLD), float32.
 
     The numpy twin of `model.folded_input_channels`: per-spectrum z-score (unbiased
-    variance), peak-to-peak scaled to [-1, 1] and field position in [-1, 1], padded with
-    edge values to whole folds (at least `MIN_FOLDS`), channel ``c FOLD + k`` at
-    position ``j`` being channel ``c`` at point ``j FOLD + k``.
+    variance), peak-to-peak scaled to [-1, 1] and field position in [-1, 1] (and, with
+    `integral`, the z-scored running integral about the mean, summed in float64),
+    padded with edge values to whole folds (at least `MIN_FOLDS`), channel ``c FOLD + k``
+    at position ``j`` being channel ``c`` at point ``j FOLD + k``.
     """
     x = np.asarray(x, dtype=np.float32)
     n, length = x.shape
@@ -125,17 +126,27 @@ def folded_input(x: np.ndarray) -> np.ndarray:
     lo = x.min(axis=-1, keepdims=True)
     span = np.maximum(x.max(axis=-1, keepdims=True) - lo, np.float32(1e-12))
     pos = _linspace32(length)
+    extra = []
+    if integral:
+        c = np.cumsum((x - mean).astype(np.float64), axis=-1)
+        c_std = np.maximum(c.std(axis=-1, ddof=1, keepdims=True), 1e-6)
+        extra.append(((c - c.mean(axis=-1, keepdims=True)) / c_std).astype(np.float32))
     padded = max(-(-length // FOLD) * FOLD, MIN_FOLDS * FOLD)
     if padded != length:
         x = np.concatenate([x, np.repeat(x[:, -1:], padded - length, axis=1)], axis=1)
         pos = np.concatenate([pos, np.repeat(pos[-1:], padded - length)])
+        extra = [
+            np.concatenate([c, np.repeat(c[:, -1:], padded - length, axis=1)], 1) for c in extra
+        ]
     m = padded // FOLD
-    out = np.empty((n, m, 3 * FOLD), dtype=np.float32)
+    out = np.empty((n, m, (3 + len(extra)) * FOLD), dtype=np.float32)
     out[:, :, :FOLD] = ((x - mean) / std).reshape(n, m, FOLD)
     out[:, :, FOLD : 2 * FOLD] = (np.float32(2.0) * (x - lo) / span - np.float32(1.0)).reshape(
         n, m, FOLD
     )
-    out[:, :, 2 * FOLD :] = pos.reshape(1, m, FOLD)
+    out[:, :, 2 * FOLD : 3 * FOLD] = pos.reshape(1, m, FOLD)
+    for i, c in enumerate(extra):
+        out[:, :, (3 + i) * FOLD : (4 + i) * FOLD] = c.reshape(n, m, FOLD)
     return out
 
 
@@ -151,12 +162,14 @@ class NumpyPredictor:
 
     def __init__(self, weights: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         hp = dict(meta["hyper_parameters"])
+        hp.setdefault("integral", False)  # files written before the option existed
         if hp.get("arch", "fast") != "fast":
             raise ValueError(f"architecture {hp.get('arch')!r}: only 'fast' runs in numpy")
         self.hparams = hp
         self.sim = SimulationConfig.from_dict(hp["sim"])
         self.names = self.sim.target_names
         self.uncertainty = bool(hp.get("uncertainty", False))
+        self.integral = bool(hp.get("integral", False))
         self.layers = list(meta["layers"])
         self.weights = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
         self.sigma_scale = np.asarray(meta["sigma_scale"], dtype=np.float64)
@@ -176,7 +189,7 @@ class NumpyPredictor:
 
     def _check_shapes(self) -> None:
         w = self.weights
-        c = 3 * FOLD
+        c = (4 if self.integral else 3) * FOLD
         for i, layer in enumerate(self.layers):
             keys = ("w1", "w2") if layer["op"] == "block" else ("w",)
             for key in keys:
@@ -203,7 +216,7 @@ class NumpyPredictor:
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Normalised spectra (N, L) -> raw network outputs (N, 3 or 6) in scaled units."""
         w = self.weights
-        h = folded_input(x)
+        h = folded_input(x, self.integral)
         for layer in self.layers:
             k, d, pad = layer["kernel"], layer["dilation"], layer["pad"]
             if layer["op"] == "conv":

@@ -81,6 +81,7 @@ def hyper_parameters(
     lr_scaling: str,
     uncertainty: bool,
     depth: int,
+    integral: bool = False,
 ) -> dict:
     """The checkpoint's ``hyper_parameters``: plain types only, so checkpoints load with
     ``torch.load(weights_only=True)``."""
@@ -93,13 +94,21 @@ def hyper_parameters(
         "lr_scaling": lr_scaling,
         "uncertainty": uncertainty,
         "depth": depth,
+        "integral": integral,
     }
 
 
-def build_network(arch: str, width: int, dropout: float, uncertainty: bool, depth: int) -> DysonNet:
+def build_network(
+    arch: str, width: int, dropout: float, uncertainty: bool, depth: int, integral: bool = False
+) -> DysonNet:
     """The network of a model: three outputs, or six with a log-sigma per parameter."""
     return DysonNet(
-        arch=arch, width=width, dropout=dropout, n_outputs=6 if uncertainty else 3, depth=depth
+        arch=arch,
+        width=width,
+        dropout=dropout,
+        n_outputs=6 if uncertainty else 3,
+        depth=depth,
+        integral=integral,
     )
 
 
@@ -195,6 +204,7 @@ class Predictor(PredictionMixin, nn.Module):
         lr_scaling: str = "linear",
         uncertainty: bool = False,
         depth: int = 1,
+        integral: bool = False,
     ) -> None:
         super().__init__()
         sim = as_simulation_config(sim)
@@ -202,11 +212,11 @@ class Predictor(PredictionMixin, nn.Module):
         self.names = sim.target_names
         self.hparams = AttributeDict(
             hyper_parameters(
-                sim, arch, width, dropout, loss_weights, lr_scaling, uncertainty, depth
+                sim, arch, width, dropout, loss_weights, lr_scaling, uncertainty, depth, integral
             )
         )
         self.uncertainty = uncertainty
-        self.net = build_network(arch, width, dropout, uncertainty, depth)
+        self.net = build_network(arch, width, dropout, uncertainty, depth, integral)
         # sigma calibration factors (persistent: they travel in the checkpoint)
         self.register_buffer("sigma_scale", torch.ones(3, dtype=torch.float64))
         self.scaler = TargetScaler(sim.ranges())

@@ -50,6 +50,35 @@ def test_eval_output_does_not_depend_on_batch_company() -> None:
     torch.testing.assert_close(alone, together, rtol=1e-5, atol=1e-6)
 
 
+def test_running_integral_channel() -> None:
+    """The fourth input channel is the z-scored running sum of the spectrum about its
+    mean: for a first-derivative Lorentzian it is the absorption line, peaked at B0."""
+    from dysonian_pl.model import FOLD, folded_input_channels, running_integral
+
+    t = torch.linspace(-10.0, 10.0, 4096)
+    x = torch.stack([-2 * t / (1 + t * t) ** 2, -2 * (t - 2) / (1 + (t - 2) ** 2) ** 2])
+    c = running_integral(x, x.mean(dim=-1, keepdim=True))
+    assert c.dtype == torch.float32 and c.shape == x.shape
+    torch.testing.assert_close(c.mean(dim=-1), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(c.std(dim=-1), torch.ones(2), atol=1e-5, rtol=0)
+    # the absorption 1 / (1 + t^2) peaks where the derivative crosses zero
+    peaks = t[c.argmax(dim=-1)]
+    torch.testing.assert_close(peaks, torch.tensor([0.0, 2.0]), atol=0.01, rtol=0)
+    ref = torch.cumsum((x - x.mean(dim=-1, keepdim=True)).double(), dim=-1)
+    ref = (ref - ref.mean(dim=-1, keepdim=True)) / ref.std(dim=-1, keepdim=True)
+    torch.testing.assert_close(c, ref.float(), atol=1e-5, rtol=0)
+    # folded: channels 3 FOLD .. 4 FOLD - 1 hold it; the first three are unchanged
+    f3, f4 = folded_input_channels(x), folded_input_channels(x, integral=True)
+    assert f3.shape == (2, 3 * FOLD, 1, 256) and f4.shape == (2, 4 * FOLD, 1, 256)
+    assert torch.equal(f4[:, : 3 * FOLD], f3)
+    torch.testing.assert_close(f4[:, 3 * FOLD :, 0].permute(0, 2, 1).reshape(2, -1), c)
+    net = DysonNet(width=8, integral=True)
+    assert net.features[0].in_channels == 4 * FOLD
+    assert count_parameters(net) == count_parameters(DysonNet(width=8)) + FOLD * 8
+    with pytest.raises(ValueError, match=r"model.integral: needs model.arch 'fast'"):
+        DysonNet(arch="prior", integral=True)
+
+
 def test_input_channels() -> None:
     torch.manual_seed(0)
     x = torch.randn(4, 300) * 3.0 + 0.7

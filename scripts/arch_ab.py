@@ -11,8 +11,8 @@ so that both see the same machine:
     python scripts/arch_ab.py default 480 > a.json & python scripts/arch_ab.py integral 480 > b.json & wait
 
 Variants: ``default`` (the default fast network), ``lr=X`` (the default network at
-learning rate X), ``integral`` (the default network plus a fourth input channel, the
-spectrum's running integral, z-scored) and a JSON object for a fold-F network without
+learning rate X), ``integral`` (the default network with `model.integral`: the
+spectrum's running integral as a fourth input channel) and a JSON object for a fold-F network without
 the four-stage pyramid, e.g. ``'{"fold": 4, "width": 32, "dilations": [1, 2, 4, 8]}'``
 (space-to-depth by F, 1 x 3 residual blocks with those dilations at 1/F resolution,
 attention pooling). Prints one JSON line: steps, samples/s and MAE (B0 G, dB G, p).
@@ -30,33 +30,13 @@ import torch
 from torch import nn
 
 from dysonian_pl.model import (
-    FOLD,
     AttentionPool,
     Block2d,
     DysonNet,
     _statistics,
-    folded_input_channels,
 )
 from dysonian_pl.params import preset
 from dysonian_pl.simulate import simulate
-
-
-class IntegralNet(DysonNet):
-    """The default network with the spectrum's running integral as a fourth input channel."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features[0] = nn.Conv2d(4 * FOLD, self.features[0].out_channels, (1, 1), bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, length = x.shape
-        c = torch.cumsum(x - x.mean(-1, keepdim=True), -1)
-        c = (c - c.mean(-1, keepdim=True)) / c.std(-1, keepdim=True).clamp_min(1e-6)
-        g = c.view(n, 1, length // FOLD, FOLD).permute(0, 3, 1, 2)
-        h = torch.cat([folded_input_channels(x), g], 1)
-        h = self.features(h.contiguous(memory_format=torch.channels_last)).squeeze(2)
-        z = self.trunk(self.pool(h).flatten(1))
-        return torch.cat([head(z) for head in self.heads], 1)
 
 
 class FlatNet(nn.Module):
@@ -93,7 +73,7 @@ def build(variant: str) -> tuple[nn.Module, float]:
     if variant.startswith("lr="):
         return DysonNet(), float(variant[3:])
     if variant == "integral":
-        return IntegralNet(), 4e-3
+        return DysonNet(integral=True), 4e-3
     spec = json.loads(variant)
     net = FlatNet(spec.get("fold", 4), spec.get("width", 32), spec.get("dilations", (1, 2, 4, 8)))
     return net, 4e-3

@@ -243,10 +243,15 @@ def main(argv: list[str] | None = None) -> int:
         "spectra (zoom included) and write a calibrated copy of its checkpoint.",
     )
     ap.add_argument(
-        "--ckpt", required=True, help="checkpoint of a window-agnostic model with uncertainty"
+        "--ckpt",
+        required=True,
+        help="checkpoint of a window-agnostic model with uncertainty, or an ensemble "
+        "manifest (.ensemble.json) of such models",
     )
     ap.add_argument(
-        "--out", required=True, help="calibrated checkpoint to write (may equal --ckpt)"
+        "--out",
+        required=True,
+        help="calibrated checkpoint (or manifest) to write (may equal --ckpt)",
     )
     ap.add_argument(
         "--n",
@@ -260,13 +265,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --n: at least 1000 spectra (got {args.n})", file=sys.stderr)
         return 2
 
-    import torch
-
     from .atomic import atomic_open
+    from .ensemble import is_manifest, rewrite_calibration
     from .infer import CheckpointError, load_model, read_checkpoint
 
+    manifest = is_manifest(args.ckpt)
+    if manifest != is_manifest(args.out):
+        print(
+            f"error: --out {args.out}: an ensemble's calibration goes into a manifest "
+            "(.ensemble.json), a checkpoint's into a checkpoint (.ckpt): give --ckpt and "
+            "--out of one kind",
+            file=sys.stderr,
+        )
+        return 2
     try:
-        ckpt = read_checkpoint(args.ckpt)
+        ckpt = None if manifest else read_checkpoint(args.ckpt)
         model = load_model(args.ckpt)
         table, summary = calibrate_model(model, args.n, args.seed)
     except (CheckpointError, ValueError, OSError) as e:
@@ -277,10 +290,15 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "zoomed_fraction": summary["zoomed_fraction"],
     }
-    ckpt["dysonian_pl"] = {**ckpt["dysonian_pl"], "sigma_calibration": table}
     out = Path(args.out)
-    with atomic_open(out, "wb") as fh:
-        torch.save(ckpt, fh)
+    if manifest:
+        rewrite_calibration(args.ckpt, out, table)
+    else:
+        import torch
+
+        ckpt["dysonian_pl"] = {**ckpt["dysonian_pl"], "sigma_calibration": table}
+        with atomic_open(out, "wb") as fh:
+            torch.save(ckpt, fh)
     names = list(model.names)
     print(
         f"{out}: sigma calibration (log-linear in the line's position in the window read, its width, p / p_fold and its own sigma) ({summary['zoomed_fraction']:.0%} zoomed)"

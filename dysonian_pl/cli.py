@@ -150,6 +150,10 @@ TOOLS = {
         "dysonian_pl.calibration",
         "fit a window-agnostic model's sigma calibration as infer reads spectra",
     ),
+    "ensemble": (
+        "dysonian_pl.ensemble",
+        "make an ensemble of window-agnostic models (then calibrate it)",
+    ),
 }
 
 

@@ -151,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m dysonian_pl sets", description=__doc__.split("\n\n")[0]
     )
-    ap.add_argument("--ckpt", required=True, help="checkpoint to evaluate")
+    ap.add_argument(
+        "--ckpt", required=True, help="checkpoint (.ckpt, .npz) or ensemble manifest to evaluate"
+    )
     ap.add_argument(
         "--sets",
         nargs="*",

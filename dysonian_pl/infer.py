@@ -15,10 +15,11 @@ sweep: the sweep is resampled onto ``n_points`` and mapped onto the model's nomi
 window, and its predictions are mapped back (`to_physical`). A model trained with
 ``uncertainty`` adds calibrated standard deviations (``B0_sigma``, ...). Without
 ``--ckpt`` the pretrained model shipped in ``dysonian_pl/pretrained/`` is used
-(`load_pretrained`): its numpy export (``universal-*.npz``, `npnet`), so that one file
-is read without importing torch (or matplotlib, scipy, Lightning) at all; the ``.ckpt``
-beside it (with torch) only if the export is missing or was not made from that
-``.ckpt``.
+(`load_pretrained`): the ensemble its manifest names (``universal-*.ensemble.json``,
+`ensemble`) when there is one, else the one model; each model through its numpy export
+(``.npz``, `npnet`), so that one file is read without importing torch (or matplotlib,
+scipy, Lightning) at all; the ``.ckpt`` beside it (with torch) only if the export is
+missing or was not made from that ``.ckpt``. ``--ckpt`` also takes an ensemble manifest.
 
 Checkpoints are read with ``torch.load(weights_only=True)`` (no unpickling of
 arbitrary objects); the model is rebuilt from the checkpoint's plain
@@ -63,6 +64,7 @@ if TYPE_CHECKING:  # torch is imported only for a .ckpt (see the module docstrin
 __all__ = [
     "CheckpointError",
     "default_checkpoint",
+    "default_ensemble",
     "default_npz",
     "load_pretrained",
     "to_physical",
@@ -188,6 +190,12 @@ def default_checkpoint(geometry: str = "plate") -> str | None:
     return os.fspath(path) if path.is_file() else None
 
 
+def default_ensemble(geometry: str = "plate") -> str | None:
+    """Path of the shipped ensemble manifest for `geometry` (`ensemble`), or None."""
+    path = _pretrained_dir() / pretrained_name(geometry).replace(".ckpt", ".ensemble.json")
+    return os.fspath(path) if path.is_file() else None
+
+
 def default_npz(geometry: str = "plate") -> str | None:
     """Path of the numpy export of the shipped model (`npnet`), or None if not installed."""
     path = _pretrained_dir() / pretrained_name(geometry).replace(".ckpt", ".npz")
@@ -195,14 +203,20 @@ def default_npz(geometry: str = "plate") -> str | None:
 
 
 def load_pretrained(geometry: str = "plate", *, say=None) -> Predictor | NumpyPredictor | None:
-    """The shipped model for `geometry`: its numpy export if that was made from the
-    shipped checkpoint (sha256 recorded in the .npz), else the checkpoint with torch;
-    None if neither is installed.
+    """The shipped model for `geometry`: the shipped ensemble (`ensemble`) when its
+    manifest is installed, else the one shipped model. Each model is read from its
+    numpy export if that was made from its checkpoint (sha256 recorded in the .npz),
+    else from the checkpoint with torch; None if nothing is installed.
 
-    `say(message)` receives a line when the .npz is stale or unreadable and the
+    `say(message)` receives a line when a .npz is stale or unreadable and the
     checkpoint is used instead (default: stderr).
     """
     say = say or (lambda m: print(m, file=sys.stderr))
+    manifest = default_ensemble(geometry)
+    if manifest is not None:
+        from .ensemble import load_ensemble
+
+        return load_ensemble(manifest, say=say)
     ckpt, npz = default_checkpoint(geometry), default_npz(geometry)
     if npz is not None:
         try:
@@ -437,7 +451,8 @@ def load_model(ckpt_path: str | os.PathLike, *, trust: bool = False) -> Predicto
     plus its resolved path.
 
     A path ending in ``.npz`` (the numpy export of a fast model, `npnet`) gives a
-    `npnet.NumpyPredictor` instead, without importing torch.
+    `npnet.NumpyPredictor` instead, without importing torch; one ending in ``.json`` an
+    `ensemble.Ensemble` (its members read as `ensemble.load_ensemble` says).
     """
     p = Path(ckpt_path).expanduser()
     try:
@@ -447,6 +462,13 @@ def load_model(ckpt_path: str | os.PathLike, *, trust: bool = False) -> Predicto
         key = ()
     if key and key in _MODEL_CACHE:
         return _MODEL_CACHE[key]
+    if p.suffix.lower() == ".json":
+        from .ensemble import load_ensemble
+
+        model = load_ensemble(p)
+        if key:
+            _MODEL_CACHE[key] = model
+        return model
     if p.suffix.lower() == ".npz":
         try:
             model = load_npz(p)
@@ -506,6 +528,9 @@ def predict_arrays(
     out = np.empty((x.shape[0], 3), dtype=np.float64)
     sig = np.full((x.shape[0], 3), np.nan, dtype=np.float64)
     with_sigma = return_sigma and bool(getattr(model, "uncertainty", False))
+    if hasattr(model, "members"):  # an ensemble.Ensemble: the mixture of its members
+        out, sig = model.predict(x, batch=batch, threads=threads)
+        return (out, sig) if return_sigma else out
     if isinstance(model, NumpyPredictor):
         for a in range(0, x.shape[0], batch):
             if with_sigma:
@@ -952,7 +977,7 @@ def _model_info(model: Predictor) -> dict:
     relative = bool(getattr(sim, "relative_window", False))
     info = {
         "checkpoint": meta.get("path"),
-        "engine": "numpy" if isinstance(model, NumpyPredictor) else "torch",
+        "engine": _engine(model),
         "checkpoint_format": meta.get("format"),
         "trained_with_dysonian_pl": meta.get("package_version"),
         "dysonian_pl_version": __version__,
@@ -964,6 +989,8 @@ def _model_info(model: Predictor) -> dict:
         "uncertainty": _has_sigma(model),
         "training_ranges": {k: list(v) for k, v in sim.ranges().items()},
     }
+    if hasattr(model, "members"):  # an ensemble: its members and their checkpoints
+        info["ensemble_members"] = meta.get("members")
     if isinstance(model, NumpyPredictor):  # the .npz export of a checkpoint: which one
         info["exported_from"] = meta.get("source_checkpoint")
         info["exported_from_sha256"] = meta.get("source_sha256")
@@ -977,6 +1004,12 @@ def _model_info(model: Predictor) -> dict:
             "dB": [sim.dB[0] / span, sim.dB[1] / span],
         }
     return info
+
+
+def _engine(model) -> str:
+    if hasattr(model, "members"):
+        return model.engine
+    return "numpy" if isinstance(model, NumpyPredictor) else "torch"
 
 
 def _has_sigma(model: Predictor) -> bool:
@@ -1324,8 +1357,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("inputs", nargs="+", metavar="FILE_OR_GLOB", help="spectrum files or globs")
     ap.add_argument(
         "--ckpt",
-        help="model checkpoint (.ckpt) written by dysonian_pl training, or its numpy export "
-        "(.npz, scripts/export_pretrained.py) (default: the pretrained window-agnostic "
+        help="model checkpoint (.ckpt) written by dysonian_pl training, its numpy export "
+        "(.npz, scripts/export_pretrained.py), or an ensemble manifest (.ensemble.json, "
+        "python -m dysonian_pl ensemble) (default: the pretrained window-agnostic "
         "model shipped with the package, run in numpy)",
     )
     ap.add_argument(
@@ -1391,7 +1425,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     if args.verbose:
-        engine = "numpy" if isinstance(model, NumpyPredictor) else "torch"
+        engine = _engine(model)
         where = model.checkpoint_meta.get("path")
         print(
             f"model {where} ({engine}), loaded in {time.perf_counter() - t0:.2f} s", file=sys.stderr

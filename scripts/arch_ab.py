@@ -10,12 +10,15 @@ so that both see the same machine:
 
     python scripts/arch_ab.py default 480 > a.json & python scripts/arch_ab.py integral 480 > b.json & wait
 
-Variants: ``default`` (the default fast network), ``lr=X`` (the default network at
-learning rate X), ``integral`` (the default network with `model.integral`: the
-spectrum's running integral as a fourth input channel) and a JSON object for a fold-F network without
-the four-stage pyramid, e.g. ``'{"fold": 4, "width": 32, "dilations": [1, 2, 4, 8]}'``
-(space-to-depth by F, 1 x 3 residual blocks with those dilations at 1/F resolution,
-attention pooling). Prints one JSON line: steps, samples/s and MAE (B0 G, dB G, p).
+Variants: ``default`` (the default fast network without the integral channel), ``lr=X``
+(that network at learning rate X), ``integral`` (with `model.integral`: the spectrum's
+running integral as a fourth input channel, as the default `fit` trains it), or a JSON
+object: `DysonNet` keyword arguments plus recipe keys ``lr``, ``weights`` (the loss
+weights of B0, dB, p) and ``batch``, e.g. ``'{"integral": true, "weights": [2, 0.5, 4]}'``;
+with a ``fold`` key, a fold-F network without the four-stage pyramid, e.g.
+``'{"fold": 4, "width": 32, "dilations": [1, 2, 4, 8]}'`` (space-to-depth by F, 1 x 3
+residual blocks with those dilations at 1/F resolution, attention pooling). Prints one
+JSON line: steps, samples/s and MAE (B0 G, dB G, p).
 """
 
 from __future__ import annotations
@@ -66,30 +69,41 @@ class FlatNet(nn.Module):
         return self.head(self.trunk(self.pool(h)))
 
 
-def build(variant: str) -> tuple[nn.Module, float]:
-    """(network, learning rate) of a variant name."""
+#: recipe keys a JSON variant may set besides the network's
+RECIPE = {"lr": 4e-3, "weights": (1.0, 1.0, 2.0), "batch": 128}
+
+
+def build(variant: str) -> tuple[nn.Module, dict]:
+    """(network, recipe) of a variant name."""
     if variant == "default":
-        return DysonNet(), 4e-3
+        return DysonNet(), dict(RECIPE)
     if variant.startswith("lr="):
-        return DysonNet(), float(variant[3:])
+        return DysonNet(), {**RECIPE, "lr": float(variant[3:])}
     if variant == "integral":
-        return DysonNet(integral=True), 4e-3
+        return DysonNet(integral=True), dict(RECIPE)
     spec = json.loads(variant)
-    net = FlatNet(spec.get("fold", 4), spec.get("width", 32), spec.get("dilations", (1, 2, 4, 8)))
-    return net, 4e-3
+    recipe = {**RECIPE, **{k: spec.pop(k) for k in RECIPE if k in spec}}
+    if "fold" in spec:
+        net = FlatNet(
+            spec.get("fold", 4), spec.get("width", 32), spec.get("dilations", (1, 2, 4, 8))
+        )
+    else:
+        net = DysonNet(**spec)
+    return net, recipe
 
 
 def main(variant: str, budget_s: float, threads: int = 1) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = preset("set-4")
-    net, lr0 = build(variant)
+    net, recipe = build(variant)
+    lr0 = recipe["lr"]
     net = net.to(memory_format=torch.channels_last)
     x_val, y_val = simulate(cfg, 999, np.arange(2000))
     lo, span = torch.tensor([3300.0, 3.0, 0.2]), torch.tensor([100.0, 97.0, 1.8])
-    weights = torch.tensor([1.0, 1.0, 2.0])
+    weights = torch.tensor(recipe["weights"], dtype=torch.float32)
     opt = torch.optim.AdamW(net.parameters(), lr=lr0, weight_decay=1e-4)
-    batch, block = 128, 8
+    batch, block = int(recipe["batch"]), 8
     t0, step = time.perf_counter(), 0
     while (elapsed := time.perf_counter() - t0) < budget_s:
         cosine = 0.5 * (1 + math.cos(math.pi * min(elapsed / budget_s, 1.0)))

@@ -62,7 +62,38 @@ def test_shipped_npz_is_the_export_of_the_shipped_ckpt(geometry: str) -> None:
     x = simulate(torch_model.sim, 0, 10**9 + np.arange(64))[0].numpy()
     d_val, d_sig = npnet.compare(torch_model, np_model, x)
     assert d_val < npnet.TOLERANCE and d_sig < npnet.TOLERANCE, (d_val, d_sig)
-    assert infer.load_pretrained(geometry) is np_model
+    if geometry == "sphere":  # one model; the plate's is the first member of an ensemble
+        assert infer.default_ensemble(geometry) is None
+        assert infer.load_pretrained(geometry) is np_model
+    else:
+        assert np_model in infer.load_pretrained(geometry).members
+
+
+def test_shipped_plate_ensemble_is_calibrated_and_read_in_numpy() -> None:
+    """The shipped plate model is an ensemble (docs/model_card.md): every member's .ckpt
+    is the one the manifest lists (sha256), its .npz was made from it, the manifest
+    carries the ensemble's own calibration, and infer reads it without torch."""
+    from dysonian_pl.ensemble import Ensemble, read_manifest
+
+    manifest = Path(infer.default_ensemble("plate"))
+    assert manifest.name == "universal-plate.ensemble.json"
+    doc = read_manifest(manifest)
+    assert doc["sigma_calibration"]["fitted_on"]["n"] >= 20000 and doc["note"]
+    total = manifest.stat().st_size
+    assert doc["members"][0]["ckpt"] == "universal-plate.ckpt"
+    for entry in doc["members"]:
+        ckpt, npz = manifest.parent / entry["ckpt"], manifest.parent / entry["npz"]
+        assert npnet.sha256_of(ckpt) == entry["sha256"], (
+            f"{ckpt.name} changed: re-make {manifest.name}"
+        )
+        assert infer.load_model(npz).source_sha256 == entry["sha256"], f"{npz.name} is stale"
+        total += ckpt.stat().st_size + npz.stat().st_size
+    assert total < 8_000_000
+    said: list[str] = []
+    model = infer.load_pretrained("plate", say=said.append)
+    assert isinstance(model, Ensemble) and model.engine == "numpy" and said == []
+    assert len(model.members) == len(doc["members"]) >= 2
+    assert model.checkpoint_meta["sigma_calibration"] == doc["sigma_calibration"]
 
 
 def test_stale_or_missing_npz_falls_back_to_the_checkpoint(tmp_path: Path, monkeypatch) -> None:
@@ -116,7 +147,7 @@ def test_infer_with_no_checkpoint_imports_neither_torch_nor_matplotlib(tmp_path:
     assert not imported & HEAVY, sorted(imported & HEAVY)
     doc = json.loads((out / "predictions.json").read_text())
     assert doc["model"]["engine"] == "numpy"
-    assert doc["model"]["checkpoint"].endswith("universal-plate.npz")
+    assert doc["model"]["checkpoint"].endswith("universal-plate.ensemble.json")
     with open(out / "predictions.csv", newline="") as fh:
         (row,) = list(csv.DictReader(line for line in fh if not line.startswith("#")))
     assert row["status"] == "ok" and row["plot"] == "strong1.svg"
@@ -124,8 +155,11 @@ def test_infer_with_no_checkpoint_imports_neither_torch_nor_matplotlib(tmp_path:
     values = {k: float(row[k]) for k in ("B0", "dB", "p", "B0_sigma", "dB_sigma", "p_sigma")}
     assert all(np.isfinite(v) and v > 0 for v in values.values()), values
     assert 3375.0 < values["B0"] < 3425.0 and values["B0_sigma"] < 5.0
-    # the numbers of the torch model read from the .ckpt, to float32 rounding
-    (ref,) = infer.infer_files([STRONG1], infer.default_checkpoint(), tmp_path / "ref", plots=False)
+    # the numbers of the torch models read from the .ckpt files, to float32 rounding
+    from dysonian_pl.ensemble import load_ensemble
+
+    torch_ens = load_ensemble(infer.default_ensemble("plate"), engine="torch")
+    (ref,) = infer.infer_files([STRONG1], torch_ens, tmp_path / "ref", plots=False)
     span = {"B0": 50.0 * 0.8, "dB": 50.0 * 0.49, "p": 3.95}  # trained ranges on this 50 G sweep
     for k, s in span.items():
         assert abs(values[k] - ref[k]) < npnet.TOLERANCE * s, (k, values[k], ref[k])
@@ -185,7 +219,7 @@ def test_p_twin_column_and_warning_on_simulated_plate_lines(tmp_path: Path) -> N
         files.append(_write_text_spectrum(tmp_path / f"p{p}.csv", field, 80.0 * line + 2.0))
     out = tmp_path / "out"
     model = infer.load_pretrained("plate")
-    assert isinstance(model, npnet.NumpyPredictor)
+    assert getattr(model, "engine", None) == "numpy"  # the shipped ensemble, read in numpy
     thin, folded = infer.infer_files(files, model, out, plots=False, quiet=True)
     assert thin["status"] == folded["status"] == "ok"
     # p = 0.5: read as such, no twin, no identifiability warning

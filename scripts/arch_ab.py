@@ -33,10 +33,12 @@ import torch
 from torch import nn
 
 from dysonian_pl.model import (
+    FOLD,
     AttentionPool,
     Block2d,
     DysonNet,
     _statistics,
+    folded_input_channels,
 )
 from dysonian_pl.params import preset
 from dysonian_pl.simulate import simulate
@@ -69,6 +71,40 @@ class FlatNet(nn.Module):
         return self.head(self.trunk(self.pool(h)))
 
 
+def hilbert_channel(x: torch.Tensor) -> torch.Tensor:
+    """(N, L) spectra -> the z-scored Hilbert transform of their running integral (the
+    absorption line's other quadrature: the dispersion), by FFT in float64 after
+    removing the straight line through the integral's end values."""
+    mean = x.mean(dim=-1, keepdim=True)
+    c = torch.cumsum((x - mean).double(), dim=-1)
+    ramp = torch.linspace(0.0, 1.0, x.shape[-1], dtype=torch.float64)
+    c = c - c[:, :1] - (c[:, -1:] - c[:, :1]) * ramp
+    spec = torch.fft.rfft(c, dim=-1)
+    spec[:, 0] = 0
+    if x.shape[-1] % 2 == 0:
+        spec[:, -1] = 0
+    h = torch.fft.irfft(spec * -1j, n=x.shape[-1], dim=-1)
+    var, m = torch.var_mean(h, dim=-1, keepdim=True)
+    return ((h - m) / var.sqrt().clamp_min(1e-6)).to(x.dtype)
+
+
+class HilbertNet(DysonNet):
+    """The default network with the integral channel and a fifth channel, `hilbert_channel`."""
+
+    def __init__(self) -> None:
+        super().__init__(integral=True)
+        self.features, _ = self._fast_features(24, 1, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = folded_input_channels(x, True)  # (N, 4 FOLD, 1, L')
+        n, m = x.shape[0], x.shape[1] // FOLD
+        h = hilbert_channel(x).reshape(n, m, FOLD).permute(0, 2, 1)[:, :, None, :]
+        z = torch.cat([base, h], dim=1).contiguous(memory_format=torch.channels_last)
+        z = self.features(z).squeeze(2)
+        z = self.trunk(self.pool(z).flatten(1))
+        return torch.cat([head(z) for head in self.heads], dim=1)
+
+
 #: recipe keys a JSON variant may set besides the network's
 RECIPE = {"lr": 4e-3, "weights": (1.0, 1.0, 2.0), "batch": 128}
 
@@ -83,7 +119,9 @@ def build(variant: str) -> tuple[nn.Module, dict]:
         return DysonNet(integral=True), dict(RECIPE)
     spec = json.loads(variant)
     recipe = {**RECIPE, **{k: spec.pop(k) for k in RECIPE if k in spec}}
-    if "fold" in spec:
+    if spec.pop("hilbert", False):
+        net = HilbertNet()
+    elif "fold" in spec:
         net = FlatNet(
             spec.get("fold", 4), spec.get("width", 32), spec.get("dilations", (1, 2, 4, 8))
         )

@@ -3,11 +3,12 @@
 It takes the normalised spectrum (N, n_points) and builds its own three input
 channels (per-spectrum z-score, peak-to-peak scaled to [-1, 1], field position in
 [-1, 1]; the fast network optionally a fourth, the running integral, i.e. the
-absorption line) so training and inference cannot disagree. Two architectures:
+absorption line, and a fifth, its Hilbert transform, the dispersion quadrature; the
+default `fit` uses both) so training and inference cannot disagree. Two architectures:
 
 * ``"prior"``: the prior work's network, exactly 691,283 parameters (physics.md).
 * ``"fast"`` (default): the spectrum is folded at once to 1/16 resolution, the 16
-  neighbouring points of each of the three (four) channels becoming 48 (64) channels
+  neighbouring points of each of the three (to five) channels becoming 48 (to 80) channels
   (space-to-depth: nothing is discarded, and a 1x1 convolution learns the local
   filters). Four stages of residual blocks (widths w, 2w, 8w/3, 4w) halve the length
   between stages; attention pooling returns pooled features and the expected field
@@ -48,18 +49,55 @@ def input_channels(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([(x - mean) / std, ptp, pos], dim=1)
 
 
-def running_integral(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+def _cumulative(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """The running sum of x - mean in x's dtype. In float32 over 4096 points of a
+    peak-to-peak-1 spectrum it differs from a float64 sum by about 1e-7 of its standard
+    deviation, and costs a fifth of the time."""
+    return torch.cumsum(x - mean, dim=-1)
+
+
+def running_integral(
+    x: torch.Tensor, mean: torch.Tensor, c: torch.Tensor | None = None
+) -> torch.Tensor:
     """The z-scored running integral of (N, L) spectra about their `mean`: the absorption
-    line of a first-derivative spectrum (summed in float64, returned in x's dtype)."""
-    c = torch.cumsum((x - mean).double(), dim=-1)
+    line of a first-derivative spectrum, in x's dtype.
+    `c`: that running sum (`_cumulative`), if already computed."""
+    c = _cumulative(x, mean) if c is None else c
     var, c_mean = torch.var_mean(c, dim=-1, keepdim=True)
-    return ((c - c_mean) / var.sqrt().clamp_min(1e-6)).to(x.dtype)
+    return (c - c_mean).div_(var.sqrt().clamp_min(1e-6))
 
 
-def folded_input_channels(x: torch.Tensor, integral: bool = False) -> torch.Tensor:
+def dispersion_channel(
+    x: torch.Tensor, mean: torch.Tensor, c: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The z-scored Hilbert transform of the running integral of (N, L) spectra about their
+    `mean`: for a first-derivative line, the other quadrature of its absorption line
+    (an absorption Lorentzian gives the dispersion Lorentzian). The straight line
+    through the integral's end values is removed first (a line cut by the window, or a
+    baseline, leaves the integral open-ended); then an FFT in x's dtype, the
+    zero-frequency and Nyquist terms dropped and the rest multiplied by -i. `c`: the
+    running sum (`_cumulative`), if already computed."""
+    c = _cumulative(x, mean) if c is None else c
+    n = x.shape[-1]
+    ramp = torch.linspace(0.0, 1.0, n, device=x.device, dtype=c.dtype)
+    c = (c - c[:, :1]).sub_((c[:, -1:] - c[:, :1]) * ramp)
+    spec = torch.view_as_real(torch.fft.rfft(c, dim=-1))  # (N, F, 2): re, im
+    rotated = torch.stack([spec[..., 1], spec[..., 0].neg()], dim=-1)  # -i (re + i im)
+    rotated[:, 0] = 0
+    if n % 2 == 0:
+        rotated[:, -1] = 0
+    h = torch.fft.irfft(torch.view_as_complex(rotated), n=n, dim=-1)
+    var, h_mean = torch.var_mean(h, dim=-1, keepdim=True)
+    return h.sub_(h_mean).div_(var.sqrt().clamp_min(1e-6))
+
+
+def folded_input_channels(
+    x: torch.Tensor, integral: bool = False, dispersion: bool = False
+) -> torch.Tensor:
     """(N, L) spectra -> the input channels folded by `FOLD`, as (N, C FOLD, 1, L') in
     channels-last layout, written in one pass: C = 3 (z-score, peak-to-peak in [-1, 1],
-    position), or 4 with `integral` (`running_integral`, last).
+    position), plus `running_integral` with `integral` and `dispersion_channel` with
+    `dispersion`, in that order, after them.
 
     Channel ``c * FOLD + k`` at position ``j`` is input channel ``c`` at point
     ``j * FOLD + k``. The spectrum is padded with its edge values to whole folds and to
@@ -69,7 +107,10 @@ def folded_input_channels(x: torch.Tensor, integral: bool = False) -> torch.Tens
     n, length = x.shape
     mean, std, lo, span = _statistics(x)
     pos = torch.linspace(-1.0, 1.0, length, device=x.device, dtype=x.dtype)
-    extra = [running_integral(x, mean)] if integral else []
+    c = _cumulative(x, mean) if integral or dispersion else None
+    extra = [running_integral(x, mean, c)] if integral else []
+    if dispersion:
+        extra.append(dispersion_channel(x, mean, c))
     padded = max(-(-length // FOLD) * FOLD, 8 * FOLD)
     if padded != length:
         x = F.pad(x[:, None], (0, padded - length), mode="replicate")[:, 0]
@@ -158,6 +199,8 @@ class DysonNet(nn.Module):
         n_outputs: 3 (B0, dB, p), or 6 with a log-standard-deviation per parameter.
         integral: fast network only: a fourth input channel, the spectrum's running
             integral (its absorption line; `running_integral`).
+        dispersion: fast network only: one more input channel, the Hilbert transform of
+            the running integral (the dispersion quadrature; `dispersion_channel`).
     """
 
     def __init__(
@@ -168,6 +211,7 @@ class DysonNet(nn.Module):
         n_outputs: int = 3,
         depth: int = 1,
         integral: bool = False,
+        dispersion: bool = False,
     ) -> None:
         super().__init__()
         if arch not in ARCHITECTURES:
@@ -180,12 +224,14 @@ class DysonNet(nn.Module):
             raise ConfigError(f"model.depth: must be in 1..8 (got {depth})")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"model.dropout: must be in [0, 1) (got {dropout})")
-        if integral and arch != "fast":
-            raise ConfigError(
-                f"model.integral: needs model.arch 'fast' (got {arch!r}); "
-                "set model.integral false (--model.integral false) for this architecture"
-            )
+        for name, on in (("integral", integral), ("dispersion", dispersion)):
+            if on and arch != "fast":
+                raise ConfigError(
+                    f"model.{name}: needs model.arch 'fast' (got {arch!r}); "
+                    f"set model.{name} false (--model.{name} false) for this architecture"
+                )
         self.arch, self.n_outputs, self.integral = arch, n_outputs, bool(integral)
+        self.dispersion = bool(dispersion)
         if arch == "prior":
             self.features, feat = self._prior_features(), 128
             self.pool: nn.Module = nn.AdaptiveAvgPool1d(1)
@@ -197,7 +243,8 @@ class DysonNet(nn.Module):
                 for _ in range(n_outputs)
             )
         else:
-            self.features, feat = self._fast_features(width, depth, 4 if integral else 3)
+            channels = 3 + self.integral + self.dispersion
+            self.features, feat = self._fast_features(width, depth, channels)
             heads = 4
             self.pool = AttentionPool(feat, heads)
             pooled = heads * feat + heads
@@ -234,7 +281,8 @@ class DysonNet(nn.Module):
         if self.arch == "prior":
             h = self.features(input_channels(x))
         else:
-            h = self.features(folded_input_channels(x, self.integral)).squeeze(2)
+            h = folded_input_channels(x, self.integral, self.dispersion)
+            h = self.features(h).squeeze(2)
         z = self.trunk(self.pool(h).flatten(1))
         return torch.cat([head(z) for head in self.heads], dim=1)
 

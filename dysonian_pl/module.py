@@ -65,6 +65,8 @@ class DysonianRegressor(PredictionMixin, L.LightningModule):
             68.3 % of validation errors fall inside +-1 sigma.
         integral: fast network only: the spectrum's running integral (its absorption
             line) as a fourth input channel (`model.running_integral`).
+        dispersion: fast network only: one more input channel, the Hilbert transform of
+            the running integral (the dispersion quadrature; `model.dispersion_channel`).
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class DysonianRegressor(PredictionMixin, L.LightningModule):
         uncertainty: bool = False,
         depth: int = 1,
         integral: bool = False,
+        dispersion: bool = False,
     ) -> None:
         super().__init__()
         sim = as_simulation_config(sim)
@@ -95,11 +98,20 @@ class DysonianRegressor(PredictionMixin, L.LightningModule):
         # plain types only, so checkpoints load with torch.load(weights_only=True)
         self.save_hyperparameters(
             hyper_parameters(
-                sim, arch, width, dropout, loss_weights, lr_scaling, uncertainty, depth, integral
+                sim,
+                arch,
+                width,
+                dropout,
+                loss_weights,
+                lr_scaling,
+                uncertainty,
+                depth,
+                integral,
+                dispersion,
             )
         )
         self.uncertainty = uncertainty
-        self.net = build_network(arch, width, dropout, uncertainty, depth, integral)
+        self.net = build_network(arch, width, dropout, uncertainty, depth, integral, dispersion)
         # sigma calibration factors (persistent: they travel in the checkpoint)
         self.register_buffer("sigma_scale", torch.ones(3, dtype=torch.float64))
         self.scaler = TargetScaler(sim.ranges())

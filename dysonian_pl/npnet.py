@@ -108,12 +108,27 @@ def _linspace32(n: int) -> np.ndarray:
     return np.linspace(-1.0, 1.0, n).astype(np.float32)
 
 
-def folded_input(x: np.ndarray, integral: bool = False) -> np.ndarray:
+def dispersion_channel(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """The numpy twin of `model.dispersion_channel` (float64 FFT, float32 result)."""
+    c = np.cumsum((x - mean).astype(np.float64), axis=-1)
+    ramp = np.linspace(0.0, 1.0, x.shape[-1])
+    c = c - c[:, :1] - (c[:, -1:] - c[:, :1]) * ramp
+    spec = np.fft.rfft(c, axis=-1)
+    spec[:, 0] = 0
+    if x.shape[-1] % 2 == 0:
+        spec[:, -1] = 0
+    h = np.fft.irfft(spec * -1j, n=x.shape[-1], axis=-1)
+    h_std = np.maximum(h.std(axis=-1, ddof=1, keepdims=True), 1e-6)
+    return ((h - h.mean(axis=-1, keepdims=True)) / h_std).astype(np.float32)
+
+
+def folded_input(x: np.ndarray, integral: bool = False, dispersion: bool = False) -> np.ndarray:
     """(N, L) normalised spectra -> the fast network's stem input (N, L', C FOLD), float32.
 
     The numpy twin of `model.folded_input_channels`: per-spectrum z-score (unbiased
     variance), peak-to-peak scaled to [-1, 1] and field position in [-1, 1] (and, with
-    `integral`, the z-scored running integral about the mean, summed in float64),
+    `integral`, the z-scored running integral about the mean, summed in float64; with
+    `dispersion`, `dispersion_channel` after it),
     padded with edge values to whole folds (at least `MIN_FOLDS`), channel ``c FOLD + k``
     at position ``j`` being channel ``c`` at point ``j FOLD + k``.
     """
@@ -131,6 +146,8 @@ def folded_input(x: np.ndarray, integral: bool = False) -> np.ndarray:
         c = np.cumsum((x - mean).astype(np.float64), axis=-1)
         c_std = np.maximum(c.std(axis=-1, ddof=1, keepdims=True), 1e-6)
         extra.append(((c - c.mean(axis=-1, keepdims=True)) / c_std).astype(np.float32))
+    if dispersion:
+        extra.append(dispersion_channel(x, mean))
     padded = max(-(-length // FOLD) * FOLD, MIN_FOLDS * FOLD)
     if padded != length:
         x = np.concatenate([x, np.repeat(x[:, -1:], padded - length, axis=1)], axis=1)
@@ -162,7 +179,8 @@ class NumpyPredictor:
 
     def __init__(self, weights: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         hp = dict(meta["hyper_parameters"])
-        hp.setdefault("integral", False)  # files written before the option existed
+        hp.setdefault("integral", False)  # files written before the options existed
+        hp.setdefault("dispersion", False)
         if hp.get("arch", "fast") != "fast":
             raise ValueError(f"architecture {hp.get('arch')!r}: only 'fast' runs in numpy")
         self.hparams = hp
@@ -170,6 +188,7 @@ class NumpyPredictor:
         self.names = self.sim.target_names
         self.uncertainty = bool(hp.get("uncertainty", False))
         self.integral = bool(hp.get("integral", False))
+        self.dispersion = bool(hp.get("dispersion", False))
         self.layers = list(meta["layers"])
         self.weights = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
         self.sigma_scale = np.asarray(meta["sigma_scale"], dtype=np.float64)
@@ -189,7 +208,7 @@ class NumpyPredictor:
 
     def _check_shapes(self) -> None:
         w = self.weights
-        c = (4 if self.integral else 3) * FOLD
+        c = (3 + self.integral + self.dispersion) * FOLD
         for i, layer in enumerate(self.layers):
             keys = ("w1", "w2") if layer["op"] == "block" else ("w",)
             for key in keys:
@@ -216,7 +235,7 @@ class NumpyPredictor:
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Normalised spectra (N, L) -> raw network outputs (N, 3 or 6) in scaled units."""
         w = self.weights
-        h = folded_input(x, self.integral)
+        h = folded_input(x, self.integral, self.dispersion)
         for layer in self.layers:
             k, d, pad = layer["kernel"], layer["dilation"], layer["pad"]
             if layer["op"] == "conv":

@@ -82,6 +82,7 @@ def hyper_parameters(
     uncertainty: bool,
     depth: int,
     integral: bool = False,
+    dispersion: bool = False,
 ) -> dict:
     """The checkpoint's ``hyper_parameters``: plain types only, so checkpoints load with
     ``torch.load(weights_only=True)``."""
@@ -95,11 +96,18 @@ def hyper_parameters(
         "uncertainty": uncertainty,
         "depth": depth,
         "integral": integral,
+        "dispersion": dispersion,
     }
 
 
 def build_network(
-    arch: str, width: int, dropout: float, uncertainty: bool, depth: int, integral: bool = False
+    arch: str,
+    width: int,
+    dropout: float,
+    uncertainty: bool,
+    depth: int,
+    integral: bool = False,
+    dispersion: bool = False,
 ) -> DysonNet:
     """The network of a model: three outputs, or six with a log-sigma per parameter."""
     return DysonNet(
@@ -109,6 +117,7 @@ def build_network(
         n_outputs=6 if uncertainty else 3,
         depth=depth,
         integral=integral,
+        dispersion=dispersion,
     )
 
 
@@ -205,6 +214,7 @@ class Predictor(PredictionMixin, nn.Module):
         uncertainty: bool = False,
         depth: int = 1,
         integral: bool = False,
+        dispersion: bool = False,
     ) -> None:
         super().__init__()
         sim = as_simulation_config(sim)
@@ -212,11 +222,20 @@ class Predictor(PredictionMixin, nn.Module):
         self.names = sim.target_names
         self.hparams = AttributeDict(
             hyper_parameters(
-                sim, arch, width, dropout, loss_weights, lr_scaling, uncertainty, depth, integral
+                sim,
+                arch,
+                width,
+                dropout,
+                loss_weights,
+                lr_scaling,
+                uncertainty,
+                depth,
+                integral,
+                dispersion,
             )
         )
         self.uncertainty = uncertainty
-        self.net = build_network(arch, width, dropout, uncertainty, depth, integral)
+        self.net = build_network(arch, width, dropout, uncertainty, depth, integral, dispersion)
         # sigma calibration factors (persistent: they travel in the checkpoint)
         self.register_buffer("sigma_scale", torch.ones(3, dtype=torch.float64))
         self.scaler = TargetScaler(sim.ranges())

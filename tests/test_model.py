@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,6 +78,43 @@ def test_running_integral_channel() -> None:
     assert count_parameters(net) == count_parameters(DysonNet(width=8)) + FOLD * 8
     with pytest.raises(ValueError, match=r"model.integral: needs model.arch 'fast'"):
         DysonNet(arch="prior", integral=True)
+
+
+def test_dispersion_channel() -> None:
+    """The optional input channel after the integral is the Hilbert transform of the
+    running integral: for the derivative of an absorption Lorentzian 1 / (1 + t^2) it is
+    the dispersion Lorentzian t / (1 + t^2) (exact on an infinite axis; here the line
+    fills a 100-half-width window), z-scored; the numpy twin gives the same numbers."""
+    from dysonian_pl import npnet
+    from dysonian_pl.model import FOLD, dispersion_channel, folded_input_channels
+
+    t = torch.linspace(-50.0, 50.0, 4096, dtype=torch.float64)
+    x = torch.stack([-2 * t / (1 + t * t) ** 2, -2 * (t - 5) / (1 + (t - 5) ** 2) ** 2]).float()
+    h = dispersion_channel(x, x.mean(dim=-1, keepdim=True))
+    assert h.dtype == torch.float32 and h.shape == x.shape
+    torch.testing.assert_close(h.mean(dim=-1), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(h.std(dim=-1), torch.ones(2), atol=1e-5, rtol=0)
+    for row, shift in ((0, 0.0), (1, 5.0)):
+        u = t - shift
+        want = u / (1 + u * u)
+        r = torch.corrcoef(torch.stack([h[row].double(), want]))[0, 1]
+        assert r > 0.995, r
+        # and not the absorption: the two quadratures are orthogonal
+        absorption = 1 / (1 + u * u)
+        assert abs(torch.corrcoef(torch.stack([h[row].double(), absorption]))[0, 1]) < 0.05
+    x_np = x.numpy()
+    ref = npnet.dispersion_channel(x_np, x_np.mean(axis=-1, keepdims=True, dtype=np.float64))
+    np.testing.assert_allclose(h.numpy(), ref, atol=2e-5, rtol=0)
+    # folded after the integral; the first four channels unchanged
+    f4 = folded_input_channels(x, integral=True)
+    f5 = folded_input_channels(x, integral=True, dispersion=True)
+    assert f5.shape == (2, 5 * FOLD, 1, 256) and torch.equal(f5[:, : 4 * FOLD], f4)
+    torch.testing.assert_close(f5[:, 4 * FOLD :, 0].permute(0, 2, 1).reshape(2, -1), h)
+    net = DysonNet(width=8, integral=True, dispersion=True)
+    assert net.features[0].in_channels == 5 * FOLD
+    assert count_parameters(net) == count_parameters(DysonNet(width=8)) + 2 * FOLD * 8
+    with pytest.raises(ValueError, match=r"model.dispersion: needs model.arch 'fast'"):
+        DysonNet(arch="prior", dispersion=True)
 
 
 def test_input_channels() -> None:

@@ -41,27 +41,33 @@ def _to_npz(model: Predictor, path: Path) -> npnet.NumpyPredictor:
 
 
 @pytest.mark.parametrize(
-    ("n_points", "width", "depth", "uncertainty", "integral"),
+    ("n_points", "width", "depth", "uncertainty", "integral", "dispersion"),
     [
-        (130, 8, 2, False, False),  # not a whole number of folds: padded to 144 points
-        (250, 12, 1, True, False),  # padded to 256; stage widths 12, 24, 32, 48
-        (512, 8, 2, True, False),
-        (4096, 24, 1, True, False),  # the shipped models' shape
-        (130, 8, 1, True, True),  # running-integral input channel, padded
-        (4096, 24, 1, False, True),  # the default fit's network
+        (130, 8, 2, False, False, False),  # not a whole number of folds: padded to 144 points
+        (250, 12, 1, True, False, False),  # padded to 256; stage widths 12, 24, 32, 48
+        (512, 8, 2, True, False, False),
+        (4096, 24, 1, True, False, False),  # the shipped models' shape
+        (130, 8, 1, True, True, False),  # running-integral input channel, padded
+        (4096, 24, 1, False, True, False),  # the default fit's network
+        (130, 8, 1, True, True, True),  # dispersion channel too, padded (odd FFT length)
+        (4096, 24, 1, False, True, True),
+        (250, 8, 1, False, False, True),  # dispersion without the integral
     ],
 )
-def test_numpy_matches_torch(n_points, width, depth, uncertainty, integral, tmp_path: Path) -> None:
+def test_numpy_matches_torch(
+    n_points, width, depth, uncertainty, integral, dispersion, tmp_path: Path
+) -> None:
     sim = SimulationConfig(
         B0=(3320.0, 3480.0), dB=(3.0, 50.0), p=(0.2, 2.0), window=(3300.0, 3500.0),
         n_points=n_points,
     )  # fmt: skip
     torch_model = _random_predictor(
-        sim, n_points, width=width, depth=depth, uncertainty=uncertainty, integral=integral
-    )
+        sim, n_points, width=width, depth=depth, uncertainty=uncertainty, integral=integral,
+        dispersion=dispersion,
+    )  # fmt: skip
     np_model = _to_npz(torch_model, tmp_path / "m.npz")
     assert np_model.uncertainty == uncertainty and np_model.sim == sim
-    assert np_model.integral == integral
+    assert np_model.integral == integral and np_model.dispersion == dispersion
     assert np_model.names == ("B0", "dB", "p")
     x = simulate(sim, 1, 10**9 + np.arange(24))[0]
     # the raw network outputs: the fused torch network against the numpy one

@@ -258,19 +258,21 @@ def test_integral_models_round_trip_and_older_checkpoints_still_load(tmp_path: P
     existed (no such key) loads as the three-channel network it is."""
     sim = SimulationConfig(n_points=256)
     torch.manual_seed(0)
-    reg = DysonianRegressor(sim=sim, width=8, integral=True).eval()
+    reg = DysonianRegressor(sim=sim, width=8, integral=True, dispersion=True).eval()
     assert reg.hparams["integral"] is True and reg.net.integral
+    assert reg.hparams["dispersion"] is True and reg.net.dispersion
     ckpt = {"hyper_parameters": dict(reg.hparams), "state_dict": reg.state_dict()}
     reg.on_save_checkpoint(ckpt)
     torch.save(ckpt, tmp_path / "integral.ckpt")
     pred = infer.load_model(tmp_path / "integral.ckpt")
     x = _spectra(sim)
-    assert pred.net.integral and torch.equal(pred.predict_physical(x), reg.predict_physical(x))
+    assert pred.net.integral and pred.net.dispersion
+    assert torch.equal(pred.predict_physical(x), reg.predict_physical(x))
     old = DysonianRegressor(sim=sim, width=8).eval()
     ckpt = {"hyper_parameters": dict(old.hparams), "state_dict": old.state_dict()}
     old.on_save_checkpoint(ckpt)
-    del ckpt["hyper_parameters"]["integral"]
+    del ckpt["hyper_parameters"]["integral"], ckpt["hyper_parameters"]["dispersion"]
     torch.save(ckpt, tmp_path / "old.ckpt")
     pred = infer.load_model(tmp_path / "old.ckpt")
-    assert not pred.net.integral
+    assert not pred.net.integral and not pred.net.dispersion
     assert torch.equal(pred.predict_physical(x), old.predict_physical(x))

@@ -14,7 +14,10 @@ Variants: ``default`` (the default fast network without the integral channel), `
 (that network at learning rate X), ``integral`` (with `model.integral`: the spectrum's
 running integral as a fourth input channel, as the default `fit` trains it), or a JSON
 object: `DysonNet` keyword arguments plus recipe keys ``lr``, ``weights`` (the loss
-weights of B0, dB, p) and ``batch``, e.g. ``'{"integral": true, "weights": [2, 0.5, 4]}'``;
+weights of B0, dB, p), ``batch`` and ``seed`` (of the initial weights; the data are
+the same for every seed), e.g. ``'{"integral": true, "weights": [2, 0.5, 4]}'``;
+``"mlp_heads": true`` replaces the one linear head by one 256-128-1 MLP per parameter;
+``"hilbert": true`` adds a fifth input channel (`hilbert_channel`);
 with a ``fold`` key, a fold-F network without the four-stage pyramid, e.g.
 ``'{"fold": 4, "width": 32, "dilations": [1, 2, 4, 8]}'`` (space-to-depth by F, 1 x 3
 residual blocks with those dilations at 1/F resolution, attention pooling). Prints one
@@ -106,7 +109,7 @@ class HilbertNet(DysonNet):
 
 
 #: recipe keys a JSON variant may set besides the network's
-RECIPE = {"lr": 4e-3, "weights": (1.0, 1.0, 2.0), "batch": 128}
+RECIPE = {"lr": 4e-3, "weights": (1.0, 1.0, 2.0), "batch": 128, "seed": 0}
 
 
 def build(variant: str) -> tuple[nn.Module, dict]:
@@ -119,6 +122,7 @@ def build(variant: str) -> tuple[nn.Module, dict]:
         return DysonNet(integral=True), dict(RECIPE)
     spec = json.loads(variant)
     recipe = {**RECIPE, **{k: spec.pop(k) for k in RECIPE if k in spec}}
+    mlp_heads = spec.pop("mlp_heads", False)
     if spec.pop("hilbert", False):
         net = HilbertNet()
     elif "fold" in spec:
@@ -127,12 +131,18 @@ def build(variant: str) -> tuple[nn.Module, dict]:
         )
     else:
         net = DysonNet(**spec)
+    if mlp_heads:  # one small MLP per parameter, as the prior work's heads
+        net.heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(256, 128), nn.ReLU(inplace=True), nn.Linear(128, 1))
+            for _ in range(3)
+        )
     return net, recipe
 
 
 def main(variant: str, budget_s: float, threads: int = 1) -> dict:
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
+    spec = json.loads(variant) if variant.startswith("{") else {}
+    torch.manual_seed(int(spec.get("seed", 0)))  # the network's initial weights
     cfg = preset("set-4")
     net, recipe = build(variant)
     lr0 = recipe["lr"]

@@ -17,7 +17,8 @@ object: `DysonNet` keyword arguments plus recipe keys ``lr``, ``weights`` (the l
 weights of B0, dB, p), ``batch`` and ``seed`` (of the initial weights; the data are
 the same for every seed), e.g. ``'{"integral": true, "weights": [2, 0.5, 4]}'``;
 ``"mlp_heads": true`` replaces the one linear head by one 256-128-1 MLP per parameter;
-``"hilbert": true`` adds a fifth input channel (`hilbert_channel`);
+``"hilbert": true`` is ``"integral": true, "dispersion": true`` (the name pairs 6-8
+used; those ran an earlier copy of `model.dispersion_channel` that summed in float64);
 with a ``fold`` key, a fold-F network without the four-stage pyramid, e.g.
 ``'{"fold": 4, "width": 32, "dilations": [1, 2, 4, 8]}'`` (space-to-depth by F, 1 x 3
 residual blocks with those dilations at 1/F resolution, attention pooling). Prints one
@@ -36,12 +37,10 @@ import torch
 from torch import nn
 
 from dysonian_pl.model import (
-    FOLD,
     AttentionPool,
     Block2d,
     DysonNet,
     _statistics,
-    folded_input_channels,
 )
 from dysonian_pl.params import preset
 from dysonian_pl.simulate import simulate
@@ -74,40 +73,6 @@ class FlatNet(nn.Module):
         return self.head(self.trunk(self.pool(h)))
 
 
-def hilbert_channel(x: torch.Tensor) -> torch.Tensor:
-    """(N, L) spectra -> the z-scored Hilbert transform of their running integral (the
-    absorption line's other quadrature: the dispersion), by FFT in float64 after
-    removing the straight line through the integral's end values."""
-    mean = x.mean(dim=-1, keepdim=True)
-    c = torch.cumsum((x - mean).double(), dim=-1)
-    ramp = torch.linspace(0.0, 1.0, x.shape[-1], dtype=torch.float64)
-    c = c - c[:, :1] - (c[:, -1:] - c[:, :1]) * ramp
-    spec = torch.fft.rfft(c, dim=-1)
-    spec[:, 0] = 0
-    if x.shape[-1] % 2 == 0:
-        spec[:, -1] = 0
-    h = torch.fft.irfft(spec * -1j, n=x.shape[-1], dim=-1)
-    var, m = torch.var_mean(h, dim=-1, keepdim=True)
-    return ((h - m) / var.sqrt().clamp_min(1e-6)).to(x.dtype)
-
-
-class HilbertNet(DysonNet):
-    """The default network with the integral channel and a fifth channel, `hilbert_channel`."""
-
-    def __init__(self) -> None:
-        super().__init__(integral=True)
-        self.features, _ = self._fast_features(24, 1, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        base = folded_input_channels(x, True)  # (N, 4 FOLD, 1, L')
-        n, m = x.shape[0], x.shape[1] // FOLD
-        h = hilbert_channel(x).reshape(n, m, FOLD).permute(0, 2, 1)[:, :, None, :]
-        z = torch.cat([base, h], dim=1).contiguous(memory_format=torch.channels_last)
-        z = self.features(z).squeeze(2)
-        z = self.trunk(self.pool(z).flatten(1))
-        return torch.cat([head(z) for head in self.heads], dim=1)
-
-
 #: recipe keys a JSON variant may set besides the network's
 RECIPE = {"lr": 4e-3, "weights": (1.0, 1.0, 2.0), "batch": 128, "seed": 0}
 
@@ -123,8 +88,8 @@ def build(variant: str) -> tuple[nn.Module, dict]:
     spec = json.loads(variant)
     recipe = {**RECIPE, **{k: spec.pop(k) for k in RECIPE if k in spec}}
     mlp_heads = spec.pop("mlp_heads", False)
-    if spec.pop("hilbert", False):
-        net = HilbertNet()
+    if spec.pop("hilbert", False):  # the name used in pairs 6-8: model.dispersion
+        net = DysonNet(integral=True, dispersion=True)
     elif "fold" in spec:
         net = FlatNet(
             spec.get("fold", 4), spec.get("width", 32), spec.get("dilations", (1, 2, 4, 8))

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .infer import CheckpointError
+from .infer import CheckpointError, _engine
 
 __all__ = [
     "ENSEMBLE_FORMAT",
@@ -95,9 +95,7 @@ class Ensemble:
 
     @property
     def engine(self) -> str:
-        from .npnet import NumpyPredictor
-
-        kinds = {"numpy" if isinstance(m, NumpyPredictor) else "torch" for m in self.members}
+        kinds = {_engine(m) for m in self.members}
         return kinds.pop() if len(kinds) == 1 else "numpy+torch"
 
     def eval(self) -> Ensemble:
@@ -214,12 +212,6 @@ def load_ensemble(path: str | os.PathLike, *, engine: str = "auto", say=None) ->
         return Ensemble(members, meta)
     except ValueError as e:
         raise EnsembleError(f"ensemble {p}: {e}") from None
-
-
-def _engine(model) -> str:
-    from .npnet import NumpyPredictor
-
-    return "numpy" if isinstance(model, NumpyPredictor) else "torch"
 
 
 def manifest_text(

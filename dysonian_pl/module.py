@@ -96,22 +96,10 @@ class DysonianRegressor(PredictionMixin, L.LightningModule):
         self.sim = sim
         self.names = sim.target_names
         # plain types only, so checkpoints load with torch.load(weights_only=True)
-        self.save_hyperparameters(
-            hyper_parameters(
-                sim,
-                arch,
-                width,
-                dropout,
-                loss_weights,
-                lr_scaling,
-                uncertainty,
-                depth,
-                integral,
-                dispersion,
-            )
-        )
+        hp = hyper_parameters(sim, arch, width, dropout, loss_weights, lr_scaling, uncertainty, depth, integral, dispersion)  # fmt: skip
+        self.save_hyperparameters(hp)
         self.uncertainty = uncertainty
-        self.net = build_network(arch, width, dropout, uncertainty, depth, integral, dispersion)
+        self.net = build_network(hp)
         # sigma calibration factors (persistent: they travel in the checkpoint)
         self.register_buffer("sigma_scale", torch.ones(3, dtype=torch.float64))
         self.scaler = TargetScaler(sim.ranges())

@@ -100,24 +100,17 @@ def hyper_parameters(
     }
 
 
-def build_network(
-    arch: str,
-    width: int,
-    dropout: float,
-    uncertainty: bool,
-    depth: int,
-    integral: bool = False,
-    dispersion: bool = False,
-) -> DysonNet:
-    """The network of a model: three outputs, or six with a log-sigma per parameter."""
+def build_network(hp: dict) -> DysonNet:
+    """The network of a model's `hyper_parameters`: three outputs, or six with a
+    log-sigma per parameter."""
     return DysonNet(
-        arch=arch,
-        width=width,
-        dropout=dropout,
-        n_outputs=6 if uncertainty else 3,
-        depth=depth,
-        integral=integral,
-        dispersion=dispersion,
+        arch=hp["arch"],
+        width=hp["width"],
+        dropout=hp["dropout"],
+        n_outputs=6 if hp["uncertainty"] else 3,
+        depth=hp["depth"],
+        integral=hp["integral"],
+        dispersion=hp["dispersion"],
     )
 
 
@@ -220,22 +213,10 @@ class Predictor(PredictionMixin, nn.Module):
         sim = as_simulation_config(sim)
         self.sim = sim
         self.names = sim.target_names
-        self.hparams = AttributeDict(
-            hyper_parameters(
-                sim,
-                arch,
-                width,
-                dropout,
-                loss_weights,
-                lr_scaling,
-                uncertainty,
-                depth,
-                integral,
-                dispersion,
-            )
-        )
+        hp = hyper_parameters(sim, arch, width, dropout, loss_weights, lr_scaling, uncertainty, depth, integral, dispersion)  # fmt: skip
+        self.hparams = AttributeDict(hp)
         self.uncertainty = uncertainty
-        self.net = build_network(arch, width, dropout, uncertainty, depth, integral, dispersion)
+        self.net = build_network(hp)
         # sigma calibration factors (persistent: they travel in the checkpoint)
         self.register_buffer("sigma_scale", torch.ones(3, dtype=torch.float64))
         self.scaler = TargetScaler(sim.ranges())

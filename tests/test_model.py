@@ -117,6 +117,34 @@ def test_dispersion_channel() -> None:
         DysonNet(arch="prior", dispersion=True)
 
 
+@pytest.mark.parametrize("n_points", [4096, 1000, 130, 17])
+@pytest.mark.parametrize("extra", [(False, False), (True, False), (False, True), (True, True)])
+def test_stem_from_spectra_is_the_convolution_over_the_folded_channels(n_points, extra) -> None:
+    """The stem computed from the spectra (no folded channels written) gives the 1x1
+    convolution over `folded_input_channels`, with and without bias, its gradient
+    too, for whole folds, ragged lengths and spectra shorter than the network's minimum."""
+    from dysonian_pl.model import FOLD, folded_input_channels, stem_from_spectra
+
+    integral, dispersion = extra
+    torch.manual_seed(n_points)
+    x = torch.randn(5, n_points) * 3 + 2
+    x[1] = torch.linspace(-1, 1, n_points) ** 2  # a smooth row; row 2 flat
+    x[2] = 0.25
+    conv = torch.nn.Conv2d((3 + integral + dispersion) * FOLD, 8, 1)
+    w1 = conv.weight.detach().clone().requires_grad_()
+    w2 = conv.weight.detach().clone().requires_grad_()
+    ref = torch.nn.functional.conv2d(folded_input_channels(x, integral, dispersion), w1, conv.bias)
+    got = stem_from_spectra(x, w2, conv.bias, integral, dispersion)
+    assert got.shape == ref.shape == (5, 8, 1, max(-(-n_points // FOLD), 8))
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=2e-6)
+    ref.square().sum().backward()
+    got.square().sum().backward()
+    torch.testing.assert_close(w2.grad, w1.grad, rtol=1e-5, atol=1e-4)
+    no_bias = stem_from_spectra(x, conv.weight, None, integral, dispersion)
+    torch.testing.assert_close(no_bias + conv.bias.view(1, -1, 1, 1), got, rtol=1e-5, atol=2e-6)
+
+
 def test_input_channels() -> None:
     torch.manual_seed(0)
     x = torch.randn(4, 300) * 3.0 + 0.7

@@ -44,8 +44,16 @@ def _extrema(s: Spectra) -> tuple[Spectra, Spectra]:
         return sign, np.maximum(hi - lo, np.finfo(s.dtype).tiny)
     import torch  # a tensor: torch is loaded already
 
-    hi, imax = s.max(dim=-1, keepdim=True)
-    lo, imin = s.min(dim=-1, keepdim=True)
+    if s.device.type == "cpu" and s.dtype in (torch.float32, torch.float64) and s.ndim:
+        # numpy's argmax/argmin (first occurrence, as torch's) are about three times
+        # faster than torch's max/min with indices on a CPU: the simulator's hot path
+        a = s.detach().numpy()
+        imax = torch.from_numpy(np.argmax(a, axis=-1)[..., None])
+        imin = torch.from_numpy(np.argmin(a, axis=-1)[..., None])
+        hi, lo = s.amax(dim=-1, keepdim=True), s.amin(dim=-1, keepdim=True)
+    else:
+        hi, imax = s.max(dim=-1, keepdim=True)
+        lo, imin = s.min(dim=-1, keepdim=True)
     sign = torch.where(imin < imax, -1.0, 1.0).to(s.dtype)
     return sign, (hi - lo).clamp_min(torch.finfo(s.dtype).tiny)
 

@@ -149,6 +149,40 @@ def test_polarity_with_default_augmentations() -> None:
     assert np.all(x.argmax(axis=1) < x.argmin(axis=1))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_polarity_rule_is_the_same_for_numpy_arrays_and_tensors(dtype) -> None:
+    """The polarity rule (first extremum a minimum -> -1) on ties, a strided view and a
+    3-D batch: torch tensors (numpy's argmax on the CPU for float32/64, torch's max
+    with indices otherwise) agree with numpy arrays and with torch's max/min indices."""
+    from dysonian_pl.preprocess import normalise, polarity_sign
+
+    rows = np.array(
+        [
+            [0.0, 1.0, 0.0, -1.0, 0.0, 1.0],  # max tied, first max before min: +1
+            [0.0, -1.0, 1.0, -1.0, 1.0, 0.0],  # min tied, first min first: -1
+            [2.0, 2.0, 2.0, -2.0, -2.0, 0.0],
+            [-3.0, 0.5, 0.5, 0.5, 4.0, 4.0],  # min at index 0: -1
+            [5.0, 0.0, 0.0, 0.0, 0.0, -5.0],
+        ]
+    )
+    want = np.array([1.0, -1.0, 1.0, -1.0, 1.0])[:, None]
+    t = torch.tensor(rows, dtype=dtype)
+    np.testing.assert_array_equal(polarity_sign(rows), want)
+    np.testing.assert_array_equal(polarity_sign(t).double().numpy(), want)
+    hi, imax = t.max(dim=-1, keepdim=True)
+    lo, imin = t.min(dim=-1, keepdim=True)
+    np.testing.assert_array_equal(torch.where(imin < imax, -1.0, 1.0).numpy(), want)
+    view = torch.tensor(np.stack([rows, -rows], axis=-1).reshape(5, 12), dtype=dtype)[:, ::2]
+    assert not view.is_contiguous()
+    np.testing.assert_array_equal(polarity_sign(view).double().numpy(), want)
+    batch = t.reshape(1, 5, 6).expand(2, 5, 6)
+    assert polarity_sign(batch).shape == (2, 5, 1)
+    np.testing.assert_array_equal(polarity_sign(batch)[1].double().numpy(), want)
+    got = normalise(t).double().numpy()
+    np.testing.assert_allclose(got, normalise(rows), rtol=1e-3)
+    np.testing.assert_allclose(np.ptp(got, axis=1), 1.0, rtol=1e-3)
+
+
 def test_field_axis() -> None:
     c = cfg()
     ax = field_axis(c)

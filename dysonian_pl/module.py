@@ -67,6 +67,10 @@ class DysonianRegressor(PredictionMixin, L.LightningModule):
             line) as a fourth input channel (`model.running_integral`).
         dispersion: fast network only: one more input channel, the Hilbert transform of
             the running integral (the dispersion quadrature; `model.dispersion_channel`).
+        detrend: fast network only: the degree of the polynomial baseline projected out
+            of the spectrum before the input channels are built
+            (`model.project_out_baseline`): -1 none, 2 the simulator's offset, slope
+            and curvature, which the network then cannot see at all.
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class DysonianRegressor(PredictionMixin, L.LightningModule):
         depth: int = 1,
         integral: bool = False,
         dispersion: bool = False,
+        detrend: int = -1,
     ) -> None:
         super().__init__()
         sim = as_simulation_config(sim)
@@ -96,7 +101,7 @@ class DysonianRegressor(PredictionMixin, L.LightningModule):
         self.sim = sim
         self.names = sim.target_names
         # plain types only, so checkpoints load with torch.load(weights_only=True)
-        hp = hyper_parameters(sim, arch, width, dropout, loss_weights, lr_scaling, uncertainty, depth, integral, dispersion)  # fmt: skip
+        hp = hyper_parameters(sim, arch, width, dropout, loss_weights, lr_scaling, uncertainty, depth, integral, dispersion, detrend)  # fmt: skip
         self.save_hyperparameters(hp)
         self.uncertainty = uncertainty
         self.net = build_network(hp)

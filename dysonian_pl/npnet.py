@@ -122,17 +122,32 @@ def dispersion_channel(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
     return ((h - h.mean(axis=-1, keepdims=True)) / h_std).astype(np.float32)
 
 
-def folded_input(x: np.ndarray, integral: bool = False, dispersion: bool = False) -> np.ndarray:
+def project_out_baseline(x: np.ndarray, degree: int) -> np.ndarray:
+    """The numpy twin of `model.project_out_baseline` (basis by float64 QR, applied in
+    x's dtype)."""
+    if degree < 0:
+        return x
+    length = x.shape[-1]
+    if length <= degree + 1:
+        return np.zeros_like(x)
+    t = np.linspace(-1.0, 1.0, length)
+    q = np.linalg.qr(np.stack([t**k for k in range(degree + 1)], axis=1))[0].astype(x.dtype)
+    return x - (x @ q) @ q.T
+
+
+def folded_input(
+    x: np.ndarray, integral: bool = False, dispersion: bool = False, detrend: int = -1
+) -> np.ndarray:
     """(N, L) normalised spectra -> the fast network's stem input (N, L', C FOLD), float32.
 
     The numpy twin of `model.folded_input_channels`: per-spectrum z-score (unbiased
     variance), peak-to-peak scaled to [-1, 1] and field position in [-1, 1] (and, with
     `integral`, the z-scored running integral about the mean, summed in float64; with
-    `dispersion`, `dispersion_channel` after it),
-    padded with edge values to whole folds (at least `MIN_FOLDS`), channel ``c FOLD + k``
+    `dispersion`, `dispersion_channel` after it), all of the spectrum less its
+    polynomial baseline of degree `detrend` (-1: none), padded with edge values to whole folds (at least `MIN_FOLDS`), channel ``c FOLD + k``
     at position ``j`` being channel ``c`` at point ``j FOLD + k``.
     """
-    x = np.asarray(x, dtype=np.float32)
+    x = project_out_baseline(np.asarray(x, dtype=np.float32), detrend)
     n, length = x.shape
     mean = x.mean(axis=-1, keepdims=True, dtype=np.float64)
     var = ((x - mean) ** 2).sum(axis=-1, keepdims=True) / max(length - 1, 1)
@@ -181,6 +196,7 @@ class NumpyPredictor:
         hp = dict(meta["hyper_parameters"])
         hp.setdefault("integral", False)  # files written before the options existed
         hp.setdefault("dispersion", False)
+        hp.setdefault("detrend", -1)
         if hp.get("arch", "fast") != "fast":
             raise ValueError(f"architecture {hp.get('arch')!r}: only 'fast' runs in numpy")
         self.hparams = hp
@@ -189,6 +205,7 @@ class NumpyPredictor:
         self.uncertainty = bool(hp.get("uncertainty", False))
         self.integral = bool(hp.get("integral", False))
         self.dispersion = bool(hp.get("dispersion", False))
+        self.detrend = int(hp.get("detrend", -1))
         self.layers = list(meta["layers"])
         self.weights = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
         self.sigma_scale = np.asarray(meta["sigma_scale"], dtype=np.float64)
@@ -235,7 +252,7 @@ class NumpyPredictor:
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Normalised spectra (N, L) -> raw network outputs (N, 3 or 6) in scaled units."""
         w = self.weights
-        h = folded_input(x, self.integral, self.dispersion)
+        h = folded_input(x, self.integral, self.dispersion, self.detrend)
         for layer in self.layers:
             k, d, pad = layer["kernel"], layer["dilation"], layer["pad"]
             if layer["op"] == "conv":

@@ -83,6 +83,7 @@ def hyper_parameters(
     depth: int,
     integral: bool = False,
     dispersion: bool = False,
+    detrend: int = -1,
 ) -> dict:
     """The checkpoint's ``hyper_parameters``: plain types only, so checkpoints load with
     ``torch.load(weights_only=True)``."""
@@ -97,6 +98,7 @@ def hyper_parameters(
         "depth": depth,
         "integral": integral,
         "dispersion": dispersion,
+        "detrend": detrend,
     }
 
 
@@ -111,6 +113,7 @@ def build_network(hp: dict) -> DysonNet:
         depth=hp["depth"],
         integral=hp["integral"],
         dispersion=hp["dispersion"],
+        detrend=hp.get("detrend", -1),  # checkpoints written before the option: none
     )
 
 
@@ -208,12 +211,13 @@ class Predictor(PredictionMixin, nn.Module):
         depth: int = 1,
         integral: bool = False,
         dispersion: bool = False,
+        detrend: int = -1,
     ) -> None:
         super().__init__()
         sim = as_simulation_config(sim)
         self.sim = sim
         self.names = sim.target_names
-        hp = hyper_parameters(sim, arch, width, dropout, loss_weights, lr_scaling, uncertainty, depth, integral, dispersion)  # fmt: skip
+        hp = hyper_parameters(sim, arch, width, dropout, loss_weights, lr_scaling, uncertainty, depth, integral, dispersion, detrend)  # fmt: skip
         self.hparams = AttributeDict(hp)
         self.uncertainty = uncertainty
         self.net = build_network(hp)

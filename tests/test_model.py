@@ -145,6 +145,51 @@ def test_stem_from_spectra_is_the_convolution_over_the_folded_channels(n_points,
     torch.testing.assert_close(no_bias + conv.bias.view(1, -1, 1, 1), got, rtol=1e-5, atol=2e-6)
 
 
+def test_project_out_baseline_removes_any_polynomial_of_its_degree() -> None:
+    """Spectra less their polynomial of degree d do not depend on a baseline of degree d
+    (offset, slope, curvature: the simulator's), in torch and in numpy; a baseline of
+    higher degree is not removed; with degree 2 the network's output and its channels
+    do not move when a quadratic baseline is added, and the prior network refuses it."""
+    from dysonian_pl.model import folded_input_channels, project_out_baseline
+
+    torch.manual_seed(3)
+    x = torch.randn(4, 1000)
+    t = torch.linspace(-1.0, 1.0, 1000)
+    quad = 0.3 - 0.7 * t + 0.9 * t * t
+    got = project_out_baseline(x + quad, 2)
+    torch.testing.assert_close(got, project_out_baseline(x, 2), rtol=0, atol=2e-6)
+    # least squares: the rest is orthogonal to 1, t, t^2 and the fit is x's own
+    basis = torch.stack([torch.ones_like(t), t, t * t], dim=1)
+    assert float((got @ basis).abs().max()) < 1e-3
+    coef = torch.linalg.lstsq(basis.double(), x.double().T).solution
+    torch.testing.assert_close(
+        got.double(), x.double() - (basis.double() @ coef).T, atol=1e-5, rtol=0
+    )
+    assert float((project_out_baseline(x + t**3, 2) - got).abs().max()) > 0.1
+    assert project_out_baseline(x, -1) is x
+    assert float(project_out_baseline(x[:, :3], 2).abs().max()) == 0.0
+    from dysonian_pl import npnet
+
+    np.testing.assert_allclose(
+        npnet.project_out_baseline((x + quad).numpy(), 2), got.numpy(), rtol=0, atol=1e-5
+    )
+    net = DysonNet(width=8, integral=True, dispersion=True, detrend=2).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x + quad), net(x), rtol=0, atol=1e-4)
+        torch.testing.assert_close(net(5 * x + quad), net(x), rtol=0, atol=1e-4)
+    torch.testing.assert_close(
+        folded_input_channels(x + quad, True, True, detrend=2),
+        folded_input_channels(x, True, True, detrend=2), rtol=0, atol=1e-4,
+    )  # fmt: skip
+    plain = DysonNet(width=8, integral=True, dispersion=True).eval()
+    with torch.no_grad():
+        assert float((plain(x + quad) - plain(x)).abs().max()) > 1e-3
+    with pytest.raises(ConfigError, match=r"model.detrend: needs model.arch 'fast'.*-1"):
+        DysonNet(arch="prior", detrend=2)
+    with pytest.raises(ConfigError, match=r"model.detrend: must be -1 \(none\) or a degree"):
+        DysonNet(detrend=4)
+
+
 def test_input_channels() -> None:
     torch.manual_seed(0)
     x = torch.randn(4, 300) * 3.0 + 0.7

@@ -41,21 +41,24 @@ def _to_npz(model: Predictor, path: Path) -> npnet.NumpyPredictor:
 
 
 @pytest.mark.parametrize(
-    ("n_points", "width", "depth", "uncertainty", "integral", "dispersion"),
+    ("n_points", "width", "depth", "uncertainty", "integral", "dispersion", "detrend"),
     [
-        (130, 8, 2, False, False, False),  # not a whole number of folds: padded to 144 points
-        (250, 12, 1, True, False, False),  # padded to 256; stage widths 12, 24, 32, 48
-        (512, 8, 2, True, False, False),
-        (4096, 24, 1, True, False, False),  # the shipped models' shape
-        (130, 8, 1, True, True, False),  # running-integral input channel, padded
-        (4096, 24, 1, False, True, False),  # the default fit's network
-        (130, 8, 1, True, True, True),  # dispersion channel too, padded (odd FFT length)
-        (4096, 24, 1, False, True, True),
-        (250, 8, 1, False, False, True),  # dispersion without the integral
+        (130, 8, 2, False, False, False, -1),  # not whole folds: padded to 144 points
+        (250, 12, 1, True, False, False, -1),  # padded to 256; stage widths 12, 24, 32, 48
+        (512, 8, 2, True, False, False, -1),
+        (4096, 24, 1, True, False, False, -1),  # the shipped models' shape
+        (130, 8, 1, True, True, False, -1),  # running-integral input channel, padded
+        (4096, 24, 1, False, True, False, -1),
+        (130, 8, 1, True, True, True, -1),  # dispersion channel too, padded (odd FFT length)
+        (4096, 24, 1, False, True, True, -1),
+        (250, 8, 1, False, False, True, -1),  # dispersion without the integral
+        (4096, 24, 1, False, True, True, 2),  # the default fit's network: baseline projected out
+        (130, 8, 1, True, True, True, 2),
+        (250, 8, 1, False, False, False, 1),
     ],
 )
 def test_numpy_matches_torch(
-    n_points, width, depth, uncertainty, integral, dispersion, tmp_path: Path
+    n_points, width, depth, uncertainty, integral, dispersion, detrend, tmp_path: Path
 ) -> None:
     sim = SimulationConfig(
         B0=(3320.0, 3480.0), dB=(3.0, 50.0), p=(0.2, 2.0), window=(3300.0, 3500.0),
@@ -63,11 +66,12 @@ def test_numpy_matches_torch(
     )  # fmt: skip
     torch_model = _random_predictor(
         sim, n_points, width=width, depth=depth, uncertainty=uncertainty, integral=integral,
-        dispersion=dispersion,
+        dispersion=dispersion, detrend=detrend,
     )  # fmt: skip
     np_model = _to_npz(torch_model, tmp_path / "m.npz")
     assert np_model.uncertainty == uncertainty and np_model.sim == sim
     assert np_model.integral == integral and np_model.dispersion == dispersion
+    assert np_model.detrend == detrend
     assert np_model.names == ("B0", "dB", "p")
     x = simulate(sim, 1, 10**9 + np.arange(24))[0]
     # the raw network outputs: the fused torch network against the numpy one

@@ -254,25 +254,28 @@ def test_predict_arrays_reuses_the_fused_network(rel_ckpt: Path) -> None:
 
 
 def test_integral_models_round_trip_and_older_checkpoints_still_load(tmp_path: Path) -> None:
-    """`integral` travels in hyper_parameters; a checkpoint written before the option
-    existed (no such key) loads as the three-channel network it is."""
+    """`integral`, `dispersion` and `detrend` travel in hyper_parameters; a checkpoint
+    written before the options existed (no such keys) loads as the three-channel network
+    it is."""
     sim = SimulationConfig(n_points=256)
     torch.manual_seed(0)
-    reg = DysonianRegressor(sim=sim, width=8, integral=True, dispersion=True).eval()
+    reg = DysonianRegressor(sim=sim, width=8, integral=True, dispersion=True, detrend=2).eval()
     assert reg.hparams["integral"] is True and reg.net.integral
     assert reg.hparams["dispersion"] is True and reg.net.dispersion
+    assert reg.hparams["detrend"] == 2 == reg.net.detrend
     ckpt = {"hyper_parameters": dict(reg.hparams), "state_dict": reg.state_dict()}
     reg.on_save_checkpoint(ckpt)
     torch.save(ckpt, tmp_path / "integral.ckpt")
     pred = infer.load_model(tmp_path / "integral.ckpt")
     x = _spectra(sim)
-    assert pred.net.integral and pred.net.dispersion
+    assert pred.net.integral and pred.net.dispersion and pred.net.detrend == 2
     assert torch.equal(pred.predict_physical(x), reg.predict_physical(x))
     old = DysonianRegressor(sim=sim, width=8).eval()
     ckpt = {"hyper_parameters": dict(old.hparams), "state_dict": old.state_dict()}
     old.on_save_checkpoint(ckpt)
-    del ckpt["hyper_parameters"]["integral"], ckpt["hyper_parameters"]["dispersion"]
+    for key in ("integral", "dispersion", "detrend"):
+        del ckpt["hyper_parameters"][key]
     torch.save(ckpt, tmp_path / "old.ckpt")
     pred = infer.load_model(tmp_path / "old.ckpt")
-    assert not pred.net.integral and not pred.net.dispersion
+    assert not pred.net.integral and not pred.net.dispersion and pred.net.detrend == -1
     assert torch.equal(pred.predict_physical(x), old.predict_physical(x))

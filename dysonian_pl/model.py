@@ -103,53 +103,18 @@ def running_integral(
     return c.mul_(_inverse_std(c))
 
 
-def _quadratures(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The running sums `c` (N, L) with the straight line through their end values
-    removed, and the Hilbert transform of that, not normalised: an FFT in c's dtype,
-    the zero-frequency and Nyquist terms dropped and the rest multiplied by -i (exactly:
-    a swap and a sign). For a first-derivative line, the absorption line and its
-    dispersion quadrature."""
+def _hilbert_of_integral(c: torch.Tensor) -> torch.Tensor:
+    """The Hilbert transform of the running sums `c` (N, L), not normalised: the straight
+    line through their end values removed, then an FFT in c's dtype, the zero-frequency
+    and Nyquist terms dropped and the rest multiplied by -i (exactly: a swap and a sign)."""
     n = c.shape[-1]
     ramp = torch.linspace(0.0, 1.0, n, device=c.device, dtype=c.dtype)
-    e = (c - c[:, :1]).sub_((c[:, -1:] - c[:, :1]) * ramp)
-    spec = torch.fft.rfft(e, dim=-1).mul_(-1j)
+    c = (c - c[:, :1]).sub_((c[:, -1:] - c[:, :1]) * ramp)
+    spec = torch.fft.rfft(c, dim=-1).mul_(-1j)
     spec[:, 0] = 0
     if n % 2 == 0:
         spec[:, -1] = 0
-    return e, torch.fft.irfft(spec, n=n, dim=-1)
-
-
-def _hilbert_of_integral(c: torch.Tensor) -> torch.Tensor:
-    """The Hilbert transform of the running sums `c` (N, L), not normalised (`_quadratures`)."""
-    return _quadratures(c)[1]
-
-
-#: floor of the analytic signal's magnitude in its phase channels, relative to its peak
-ANALYTIC_FLOOR = 0.05
-
-
-def analytic_channels(
-    x: torch.Tensor, mean: torch.Tensor, c: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The analytic signal z = a + i H[a] of the absorption line a (the running integral
-    about `mean`, end-to-end ramp removed; `_quadratures`) as three (N, L) rows: its
-    magnitude over its peak, and its phase as a / r and H[a] / r with
-    r = sqrt(|z|^2 + (ANALYTIC_FLOOR max |z|)^2) (the phasor, faded out where the line
-    is not).
-
-    For a Dysonian line S = -A 2x/(1+x^2)^2 + D (1-x^2)/(1+x^2)^2, z = (A - i D) / (1 - i x)
-    up to a constant factor: |z| peaks at x = 0, the resonance field, with half width
-    at half maximum of |z|^2 at x = 1, and the phase there is -atan(D / A), a function of
-    p alone. The three parameters are read at one place rather than from the shape of
-    two lobes. A window that cuts the line, or a baseline, distorts this; the network
-    sees it alongside the other channels.
-    """
-    c = _cumulative(x, mean) if c is None else c
-    a, h = _quadratures(c)
-    mag2 = a * a + h * h
-    peak2 = mag2.amax(dim=-1, keepdim=True).clamp_min(1e-30)
-    r = (mag2 + (ANALYTIC_FLOOR**2) * peak2).rsqrt_()
-    return (mag2 / peak2).sqrt_(), a * r, h.mul_(r)
+    return torch.fft.irfft(spec, n=n, dim=-1)
 
 
 def dispersion_channel(
@@ -171,14 +136,12 @@ def folded_input_channels(
     x: torch.Tensor,
     integral: bool = False,
     dispersion: bool = False,
-    analytic: bool = False,
     detrend: int = -1,
 ) -> torch.Tensor:
     """(N, L) spectra -> the input channels folded by `FOLD`, as (N, C FOLD, 1, L') in
     channels-last layout, written in one pass: C = 3 (z-score, peak-to-peak in [-1, 1],
-    position), plus `running_integral` with `integral`, `dispersion_channel` with
-    `dispersion` and the three `analytic_channels` with `analytic`, in that order;
-    all of the spectrum less its polynomial baseline of degree `detrend`
+    position), plus `running_integral` with `integral` and `dispersion_channel` with
+    `dispersion`, in that order; all of the spectrum less its polynomial baseline of degree `detrend`
     (`project_out_baseline`; -1: none).
 
     Channel ``c * FOLD + k`` at position ``j`` is input channel ``c`` at point
@@ -190,12 +153,10 @@ def folded_input_channels(
     n, length = x.shape
     mean, std, lo, span = _statistics(x)
     pos = torch.linspace(-1.0, 1.0, length, device=x.device, dtype=x.dtype)
-    c = _cumulative(x, mean) if integral or dispersion or analytic else None
+    c = _cumulative(x, mean) if integral or dispersion else None
     extra = [running_integral(x, mean, c)] if integral else []
     if dispersion:
         extra.append(dispersion_channel(x, mean, c))
-    if analytic:
-        extra.extend(analytic_channels(x, mean, c))
     padded = _padded_length(length)
     if padded != length:
         x = F.pad(x[:, None], (0, padded - length), mode="replicate")[:, 0]
@@ -225,7 +186,6 @@ def stem_from_spectra(
     bias: torch.Tensor | None = None,
     integral: bool = False,
     dispersion: bool = False,
-    analytic: bool = False,
     detrend: int = -1,
 ) -> torch.Tensor:
     """The fast network's first layer, a 1x1 convolution over `folded_input_channels`
@@ -243,7 +203,7 @@ def stem_from_spectra(
     """
     x = project_out_baseline(x, detrend)
     n, length = x.shape
-    n_in = 3 + bool(integral) + bool(dispersion) + 3 * bool(analytic)
+    n_in = 3 + bool(integral) + bool(dispersion)
     w = weight.reshape(weight.shape[0], n_in, FOLD).permute(1, 2, 0)  # (C, FOLD, W)
     mean = x.mean(dim=-1, keepdim=True)
     d = x - mean
@@ -251,7 +211,7 @@ def stem_from_spectra(
     scale = 2.0 / (hi - lo).clamp_min(1e-12)  # peak-to-peak channel = scale * d + offset
     offset = scale * (mean - lo) - 1.0
     rows = [(d, _inverse_std(d)[:, :, None] * w[0] + scale[:, :, None] * w[1])]
-    if integral or dispersion or analytic:
+    if integral or dispersion:
         c = torch.cumsum(d, dim=-1)
         k = 3
         if integral:
@@ -262,10 +222,6 @@ def stem_from_spectra(
             h = _hilbert_of_integral(c)
             h = h.sub_(h.mean(dim=-1, keepdim=True))
             rows.append((h, _inverse_std(h)[:, :, None] * w[k]))
-            k += 1
-        if analytic:
-            for j, r in enumerate(analytic_channels(d, 0.0, c)):
-                rows.append((r, w[k + j].expand(n, FOLD, w.shape[-1])))
     pos = torch.linspace(-1.0, 1.0, length, device=x.device, dtype=x.dtype)
     padded = _padded_length(length)
     if padded != length:
@@ -356,8 +312,6 @@ class DysonNet(nn.Module):
             integral (its absorption line; `running_integral`).
         dispersion: fast network only: one more input channel, the Hilbert transform of
             the running integral (the dispersion quadrature; `dispersion_channel`).
-        analytic: fast network only: three more, the magnitude and phase of the
-            absorption line's analytic signal (`analytic_channels`).
         detrend: fast network only: the degree of the polynomial baseline projected out of
             the spectrum before its input channels are built (`project_out_baseline`;
             -1, the default: none; 2: the simulator's offset, slope and curvature).
@@ -372,7 +326,6 @@ class DysonNet(nn.Module):
         depth: int = 1,
         integral: bool = False,
         dispersion: bool = False,
-        analytic: bool = False,
         detrend: int = -1,
     ) -> None:
         super().__init__()
@@ -388,8 +341,8 @@ class DysonNet(nn.Module):
             raise ConfigError(f"model.dropout: must be in [0, 1) (got {dropout})")
         if not -1 <= int(detrend) <= 3:
             raise ConfigError(f"model.detrend: must be -1 (none) or a degree 0..3 (got {detrend})")
-        fast_only = (("integral", integral), ("dispersion", dispersion), ("analytic", analytic))
-        for name, on in (*fast_only, ("detrend", int(detrend) >= 0)):
+        fast_only = (("integral", integral), ("dispersion", dispersion), ("detrend", detrend >= 0))
+        for name, on in fast_only:
             if on and arch != "fast":
                 off = "-1" if name == "detrend" else "false"
                 raise ConfigError(
@@ -397,7 +350,7 @@ class DysonNet(nn.Module):
                     f"set model.{name} {off} (--model.{name} {off}) for this architecture"
                 )
         self.arch, self.n_outputs, self.integral = arch, n_outputs, bool(integral)
-        self.dispersion, self.analytic = bool(dispersion), bool(analytic)
+        self.dispersion = bool(dispersion)
         self.detrend = int(detrend)
         if arch == "prior":
             self.features, feat = self._prior_features(), 128
@@ -410,7 +363,7 @@ class DysonNet(nn.Module):
                 for _ in range(n_outputs)
             )
         else:
-            channels = 3 + self.integral + self.dispersion + 3 * self.analytic
+            channels = 3 + self.integral + self.dispersion
             self.features, feat = self._fast_features(width, depth, channels)
             heads = 4
             self.pool = AttentionPool(feat, heads)
@@ -455,7 +408,6 @@ class DysonNet(nn.Module):
                 stem.bias,
                 self.integral,
                 self.dispersion,
-                self.analytic,
                 self.detrend,
             )
             for i, layer in enumerate(self.features):

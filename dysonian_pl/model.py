@@ -141,8 +141,8 @@ def folded_input_channels(
     """(N, L) spectra -> the input channels folded by `FOLD`, as (N, C FOLD, 1, L') in
     channels-last layout, written in one pass: C = 3 (z-score, peak-to-peak in [-1, 1],
     position), plus `running_integral` with `integral` and `dispersion_channel` with
-    `dispersion`, in that order; all of the spectrum less its polynomial baseline of degree `detrend`
-    (`project_out_baseline`; -1: none).
+    `dispersion`, in that order; all of the spectrum less its polynomial baseline of
+    degree `detrend` (`project_out_baseline`; -1: none).
 
     Channel ``c * FOLD + k`` at position ``j`` is input channel ``c`` at point
     ``j * FOLD + k``. The spectrum is padded with its edge values to whole folds and to

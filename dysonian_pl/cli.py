@@ -154,6 +154,10 @@ TOOLS = {
         "dysonian_pl.ensemble",
         "make an ensemble of window-agnostic models (then calibrate it)",
     ),
+    "export": (
+        "dysonian_pl.export",
+        "write a checkpoint as a TorchScript file (fast prediction without Lightning)",
+    ),
 }
 
 

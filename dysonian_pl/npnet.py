@@ -27,6 +27,7 @@ import json
 import math
 import os
 import zipfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -130,9 +131,17 @@ def project_out_baseline(x: np.ndarray, degree: int) -> np.ndarray:
     length = x.shape[-1]
     if length <= degree + 1:
         return np.zeros_like(x)
-    t = np.linspace(-1.0, 1.0, length)
-    q = np.linalg.qr(np.stack([t**k for k in range(degree + 1)], axis=1))[0].astype(x.dtype)
+    q = _polynomial_basis(length, degree, np.dtype(x.dtype).str)
     return x - (x @ q) @ q.T
+
+
+@lru_cache(maxsize=8)
+def _polynomial_basis(length: int, degree: int, dtype: str) -> np.ndarray:
+    """Orthonormal basis (length, degree + 1) of the polynomials over the window, read-only."""
+    t = np.linspace(-1.0, 1.0, length)
+    q = np.linalg.qr(np.stack([t**k for k in range(degree + 1)], axis=1))[0].astype(dtype)
+    q.setflags(write=False)
+    return q
 
 
 def folded_input(

@@ -4,7 +4,7 @@ for a fixed wall-time budget with the default recipe, then its held-out MAE.
 The recipe is the default `fit`'s, without Lightning (so variants that the CLI does not
 offer can be tried): AdamW lr 4e-3 (weight decay 1e-4), batch 128, 100 warm-up steps,
 then cosine decay to 2 % over the wall-time budget, MSE on min-max scaled targets with
-weights 1, 1, 2, gradient clipping at 1.0; fresh spectra every step (simulated 1,024 at a
+weights 1, 1, 2 (recipe keys ``weights`` and ``loss``: mse, l1, huber:DELTA), gradient clipping at 1.0; fresh spectra every step (simulated 1,024 at a
 time); 2,000 held-out spectra from another seed. Run variants in pairs, one thread each,
 so that both see the same machine:
 
@@ -74,7 +74,20 @@ class FlatNet(nn.Module):
 
 
 #: recipe keys a JSON variant may set besides the network's
-RECIPE = {"lr": 4e-3, "weights": (1.0, 1.0, 2.0), "batch": 128, "seed": 0}
+RECIPE = {"lr": 4e-3, "weights": (1.0, 1.0, 2.0), "batch": 128, "seed": 0, "loss": "mse"}
+
+
+def elementwise_loss(err: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-element loss of scaled errors: ``mse``, ``l1`` or ``huber:DELTA`` (scaled units)."""
+    if kind == "mse":
+        return err**2
+    if kind == "l1":
+        return err.abs()
+    if kind.startswith("huber:"):
+        delta = float(kind[6:])
+        a = err.abs()
+        return torch.where(a < delta, 0.5 * err**2 / delta, a - 0.5 * delta)
+    raise ValueError(f"loss: mse, l1 or huber:DELTA (got {kind!r})")
 
 
 def build(variant: str) -> tuple[nn.Module, dict]:
@@ -127,7 +140,8 @@ def main(variant: str, budget_s: float, threads: int = 1) -> dict:
         k = (step % block) * batch
         xb, yb = xs[k : k + batch], (ys[k : k + batch].float() - lo) / span
         net.train()
-        loss = (((net(xb) - yb) ** 2).mean(0) * weights).sum() / weights.sum()
+        err = elementwise_loss(net(xb) - yb, recipe["loss"])
+        loss = (err.mean(0) * weights).sum() / weights.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

@@ -80,7 +80,13 @@ def test_shipped_plate_ensemble_is_calibrated_and_read_in_numpy() -> None:
     doc = read_manifest(manifest)
     assert doc["sigma_calibration"]["fitted_on"]["n"] >= 20000 and doc["note"]
     total = manifest.stat().st_size
-    assert doc["members"][0]["ckpt"] == "universal-plate.ckpt"
+    # docs/model_card.md: the network with the baseline projection and the one without
+    names = [entry["ckpt"] for entry in doc["members"]]
+    assert names == ["universal-plate-3.ckpt", "universal-plate.ckpt"], names
+    detrend = [
+        infer.load_model(manifest.parent / n).detrend for n in [e["npz"] for e in doc["members"]]
+    ]
+    assert detrend == [2, -1], detrend
     for entry in doc["members"]:
         ckpt, npz = manifest.parent / entry["ckpt"], manifest.parent / entry["npz"]
         assert npnet.sha256_of(ckpt) == entry["sha256"], (

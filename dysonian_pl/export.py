@@ -45,6 +45,7 @@ from torch import nn
 from .atomic import atomic_open
 from .infer import CheckpointError, load_model
 from .model import fuse_for_inference
+from .npnet import sha256_of
 from .predictor import Predictor
 
 __all__ = ["EXPORT_FORMAT", "ExportedPredictor", "export_torchscript", "load_exported", "main"]
@@ -84,12 +85,10 @@ class ExportedPredictor(nn.Module):
 
 
 def _metadata(model: Predictor, ckpt: Path) -> dict:
-    import hashlib
-
     return {
         "format": EXPORT_FORMAT,
         "checkpoint": ckpt.name,
-        "checkpoint_sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
+        "checkpoint_sha256": sha256_of(ckpt),
         "names": list(model.names),
         "n_points": model.sim.n_points,
         "uncertainty": bool(model.uncertainty),
@@ -117,7 +116,7 @@ def export_torchscript(ckpt: str | Path, out: str | Path, *, check_n: int = 64) 
     model.eval()
     from .simulate import simulate
 
-    x, _ = simulate(model.sim, 12345, np.arange(check_n))
+    x, _ = simulate(model.sim, 12345, 10**9 + np.arange(check_n))  # never a training index
     net = fuse_for_inference(model.net).eval()
     with torch.inference_mode(), warnings.catch_warnings():
         # the tracer warns that the spectrum's length is fixed: it is, by the model

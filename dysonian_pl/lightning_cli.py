@@ -16,7 +16,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Timer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from .callbacks import PerformanceMonitor, ResumableCheckpoint
+from .callbacks import PerformanceMonitor, ResumableCheckpoint, WeightEMA
 from .checkpoint_io import AtomicCheckpointIO
 from .cli import (
     DEFAULT_CONFIG,
@@ -37,6 +37,8 @@ class DysonianCLI(LightningCLI):
         parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        # before `perf`: its update then counts as step time, not as waiting for data
+        parser.add_lightning_class_args(WeightEMA, "ema")
         parser.add_lightning_class_args(PerformanceMonitor, "perf")
         parser.link_arguments("data.sim", "model.sim", apply_on="instantiate")
         parser.add_argument(

@@ -17,6 +17,9 @@ object: `DysonNet` keyword arguments plus recipe keys ``lr``, ``weights`` (the l
 weights of B0, dB, p), ``batch`` and ``seed`` (of the initial weights; the data are
 the same for every seed), e.g. ``'{"integral": true, "weights": [2, 0.5, 4]}'``;
 ``"mlp_heads": true`` replaces the one linear head by one 256-128-1 MLP per parameter;
+``"ema": [0.999, ...]`` also reports the MAE of exponential moving averages of the
+weights (same run, same steps), ``"weight_decay"`` AdamW's (default 1e-4);
+``"flatten": true`` feeds all 32 positions of the last stage to the trunk (no pooling);
 ``"hilbert": true`` is ``"integral": true, "dispersion": true`` (the name pairs 6-8
 used; those ran an earlier copy of `model.dispersion_channel` that summed in float64);
 with a ``fold`` key, a fold-F network without the four-stage pyramid, e.g.
@@ -74,7 +77,10 @@ class FlatNet(nn.Module):
 
 
 #: recipe keys a JSON variant may set besides the network's
-RECIPE = {"lr": 4e-3, "weights": (1.0, 1.0, 2.0), "batch": 128, "seed": 0, "loss": "mse"}
+RECIPE = {
+    "lr": 4e-3, "weights": (1.0, 1.0, 2.0), "batch": 128, "seed": 0, "loss": "mse",
+    "ema": (), "weight_decay": 1e-4,
+}  # fmt: skip
 
 
 def elementwise_loss(err: torch.Tensor, kind: str) -> torch.Tensor:
@@ -101,6 +107,7 @@ def build(variant: str) -> tuple[nn.Module, dict]:
     spec = json.loads(variant)
     recipe = {**RECIPE, **{k: spec.pop(k) for k in RECIPE if k in spec}}
     mlp_heads = spec.pop("mlp_heads", False)
+    flatten = spec.pop("flatten", False)
     if spec.pop("hilbert", False):  # the name used in pairs 6-8: model.dispersion
         net = DysonNet(integral=True, dispersion=True)
     elif "fold" in spec:
@@ -114,6 +121,10 @@ def build(variant: str) -> tuple[nn.Module, dict]:
             nn.Sequential(nn.Linear(256, 128), nn.ReLU(inplace=True), nn.Linear(128, 1))
             for _ in range(3)
         )
+    if flatten:  # every position of the last stage into the trunk, no pooling
+        last = net.features[-1].conv2.out_channels
+        net.pool = nn.Flatten(1)
+        net.trunk[0] = nn.Linear(last * 32, 256)
     return net, recipe
 
 
@@ -128,7 +139,13 @@ def main(variant: str, budget_s: float, threads: int = 1) -> dict:
     x_val, y_val = simulate(cfg, 999, np.arange(2000))
     lo, span = torch.tensor([3300.0, 3.0, 0.2]), torch.tensor([100.0, 97.0, 1.8])
     weights = torch.tensor(recipe["weights"], dtype=torch.float32)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr0, weight_decay=1e-4)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr0, weight_decay=recipe["weight_decay"])
+    emas = [
+        torch.optim.swa_utils.AveragedModel(
+            net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(d), use_buffers=True
+        )
+        for d in recipe["ema"]
+    ]
     batch, block = int(recipe["batch"]), 8
     t0, step = time.perf_counter(), 0
     while (elapsed := time.perf_counter() - t0) < budget_s:
@@ -146,18 +163,27 @@ def main(variant: str, budget_s: float, threads: int = 1) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
+        for ema in emas:
+            ema.update_parameters(net)
         step += 1
-    net.eval()
-    with torch.no_grad():
-        pred = torch.cat([net(x_val[i : i + 500]) for i in range(0, len(x_val), 500)])
-    mae = (pred.double() * span.double() + lo.double() - y_val).abs().mean(0)
-    return {
+
+    def mae_of(model: nn.Module) -> list[float]:
+        model.eval()
+        with torch.no_grad():
+            pred = torch.cat([model(x_val[i : i + 500]) for i in range(0, len(x_val), 500)])
+        mae = (pred.double() * span.double() + lo.double() - y_val).abs().mean(0)
+        return [round(v, 4) for v in mae.tolist()]
+
+    out = {
         "variant": variant,
         "parameters": sum(p.numel() for p in net.parameters()),
         "steps": step,
         "samples_per_s": round(step * batch / budget_s, 1),
-        "mae_B0_dB_p": [round(v, 4) for v in mae.tolist()],
+        "mae_B0_dB_p": mae_of(net),
     }
+    for d, ema in zip(recipe["ema"], emas, strict=True):  # averaged weights, same steps
+        out[f"mae_ema_{d}"] = mae_of(ema)
+    return out
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from conftest import (
     tiny_overrides,
 )
 
+from dysonian_pl.callbacks import WeightEMA
 from dysonian_pl.cli import main, resolve_precision
 from dysonian_pl.lightning_cli import _max_time_s
 from dysonian_pl.simulate import simulate
@@ -34,6 +35,10 @@ def fit(*args: str):
     cli = main(["fit", *args])
     assert not isinstance(cli, int), f"fit returned exit status {cli}"
     return cli
+
+
+def _ema(cli) -> WeightEMA:
+    return next(cb for cb in cli.trainer.callbacks if isinstance(cb, WeightEMA))
 
 
 def optimizer(cli) -> torch.optim.Optimizer:
@@ -120,7 +125,10 @@ def test_fit_default(tiny_run) -> None:
     assert type(opt) is torch.optim.AdamW
     # the configured lr; the current one has decayed over the budget (CosineBudget)
     assert opt.param_groups[0]["initial_lr"] == pytest.approx(4e-3)
-    assert opt.param_groups[0]["weight_decay"] == pytest.approx(1e-4)
+    assert opt.param_groups[0]["weight_decay"] == 0.0  # the weight average instead (ema)
+    assert cli.model.hparams.dropout == 0.0
+    ema = _ema(cli)
+    assert ema.enabled and ema.decay == 0.99 and ema.start_step == 100
     sched = cli.trainer.lr_scheduler_configs[0].scheduler
     assert type(sched).__name__ == "CosineBudget" and sched.max_time_s == 300.0
     assert opt.param_groups[0]["lr"] < opt.param_groups[0]["initial_lr"]
@@ -146,6 +154,7 @@ def test_fit_baseline(tmp_path: Path, capsys) -> None:
     assert cli.trainer.callbacks  # EarlyStopping patience from the config
     (stop,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "EarlyStopping"]
     assert stop.patience == 20
+    assert not _ema(cli).enabled  # not in the seed's recipe
 
 
 def test_fit_optimized_falls_back_to_fp32_and_runs_two_persistent_workers(
@@ -229,12 +238,17 @@ def test_fit_pretrained_recipe_on_the_universal_sets(tmp_path: Path, capsys) -> 
     assert sched.max_time_s is None
     assert sched.max_steps == trainer.estimated_stepping_batches < 5600
     assert {"test/B0_cover1", "test/p_cover2"} <= set(model.test_summary)
+    # the shipped models' recipe predates the default's weight average, dropout 0 and
+    # weight decay 0: the reproduce command must keep them as they were trained
+    assert not _ema(cli).enabled and model.hparams.dropout == pytest.approx(0.1)
+    assert optimizer(cli).param_groups[0]["weight_decay"] == pytest.approx(1e-4)
 
 
 def test_fit_prior_network_overlay(tmp_path: Path, capsys) -> None:
     cli = fit("--config", config("prior-network.yaml"), *tiny_overrides(tmp_path))
     assert TABLE_HEADER in capsys.readouterr()[0]
     assert cli.model.hparams["arch"] == "prior"
+    assert not _ema(cli).enabled
     assert sum(p.numel() for p in cli.model.net.parameters()) == 691_283
 
 

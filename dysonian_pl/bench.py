@@ -12,7 +12,9 @@ contended machine falls on all regimes alike. After each round every regime is
 evaluated (untimed, eval mode) on one fixed validation set simulated from indices
 10**9 + arange(n_val), which no training index reaches. The per-step loop mirrors
 Lightning's: fetch (timed: data wait), move to the device, forward and the module's
-own loss under the regime's precision, backward, gradient clipping, optimizer step.
+own loss under the regime's precision, backward, gradient clipping, optimizer step,
+and the update of the weight average where the regime's `ema` is enabled (the
+default's; evaluation and inference then use the average, as `fit` does).
 A round ends at the first step that finishes past its time, so rounds overrun by up to
 one step; throughput and the curves use the measured times. CUDA is synchronised at
 round boundaries only (as in ``fit``, steps overlap with the next fetch). The
@@ -273,6 +275,16 @@ class Regime:
     iterator: Any = None
     epoch: int = 0
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    #: the weight average of `fit`'s `ema` (None: off), updated from step `ema_start` on
+    ema: Any = None
+    ema_start: int = 0
+    steps_done: int = 0
+
+    def trained(self):
+        """The module `fit` would leave: the weight average once it holds an update."""
+        if self.ema is not None and int(self.ema.n_averaged) > 0:
+            return self.ema.module
+        return self.model
 
     @property
     def pinned(self) -> bool:
@@ -411,6 +423,14 @@ def build_regime(name: str, files: list[Path], overrides: list[str]) -> Regime:
     optimizer = _optimizer_from(configured)
     scheduler = _scheduler_from(configured)
 
+    ema_cfg = cfg.get("ema")
+    ema = None
+    if ema_cfg is not None and ema_cfg.get("enabled"):
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(
+            model, use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(float(ema_cfg.decay))
+        )
     opt_cfg = cfg.optimizer
     init = dict(opt_cfg.init_args) if opt_cfg and opt_cfg.init_args else {}
     group = optimizer.param_groups[0]
@@ -441,6 +461,11 @@ def build_regime(name: str, files: list[Path], overrides: list[str]) -> Regime:
         "arch": model.hparams["arch"],
         "width": model.hparams["width"],
         "dropout": model.hparams["dropout"],
+        "ema": (
+            {"decay": float(ema_cfg.decay), "start_step": int(ema_cfg.start_step)}
+            if ema is not None
+            else None
+        ),
         "fresh_train": dm.fresh_train,
         "n_spectra": dm.n_spectra,
         "seed": dm.seed,
@@ -464,6 +489,8 @@ def build_regime(name: str, files: list[Path], overrides: list[str]) -> Regime:
         clip_val=cfg.trainer.gradient_clip_val,
         clip_alg=str(cfg.trainer.gradient_clip_algorithm or "norm"),
         config=config,
+        ema=ema,
+        ema_start=int(ema_cfg.start_step) if ema is not None else 0,
     )
 
 
@@ -545,6 +572,9 @@ def train_round(reg: Regime, seconds: float) -> dict[str, Any]:
             opt.step()
         if sched is not None:
             sched.step()
+        if reg.ema is not None and reg.steps_done >= reg.ema_start:
+            reg.ema.update_parameters(model)  # timed: part of the step, as in fit
+        reg.steps_done += 1
         loss_sum += loss.detach().float()
         steps += 1
         samples += len(x)
@@ -968,7 +998,7 @@ def _bench(a: argparse.Namespace, argv: list[str]) -> int:
                 res = results[n]
                 cum[n] += res["seconds"]
                 cum_samples[n] += res["samples"]
-                mae, vloss = evaluate(regimes[n].model, x_val, y_val)
+                mae, vloss = evaluate(regimes[n].trained(), x_val, y_val)
                 res.update(
                     round=r,
                     order=order.index(n),
@@ -1019,7 +1049,7 @@ def _bench(a: argparse.Namespace, argv: list[str]) -> int:
                 "train": summarise(reg, names, target, target2),
                 "rounds": reg.rounds,
                 "inference": bench_inference(
-                    reg.model.eval().prediction_network(),
+                    reg.trained().eval().prediction_network(),
                     x_inf,
                     reg.device,
                     batch=a.infer_batch,

@@ -144,6 +144,7 @@ def test_bench_end_to_end(tmp_path, monkeypatch, capsys):
     assert base["optimizer"].endswith("Adam") and opt["optimizer"].endswith("AdamW")
     assert (base["lr"], opt["lr"]) == (0.001, 0.002)
     assert (base["dropout"], opt["dropout"]) == (0.2, 0.1)
+    assert base["ema"] is None and opt["ema"] is None  # the seed's regimes: no weight average
     assert opt["benchmark"] is True and base["benchmark"] is False
     if not torch.cuda.is_available():
         assert opt["precision_requested"] == "16-mixed"
@@ -158,3 +159,27 @@ def test_bench_end_to_end(tmp_path, monkeypatch, capsys):
     assert report["machine"]["cpu_count"] >= 1
     assert report["command"].startswith("python -m dysonian_pl bench baseline=")
     assert torch.get_num_threads() >= 1
+
+
+def test_default_regime_trains_and_evaluates_its_weight_average(tmp_path, monkeypatch):
+    """The default config's `ema`: updated every step from `start_step`, inside the timed
+    step, and what evaluation and inference read, as `fit` leaves it."""
+    monkeypatch.chdir(tmp_path)
+    tiny = [
+        "--data.sim.n_points=256", "--model.width=8", "--data.num_workers=0",
+        "--data.n_spectra=300", "--data.cache_dir=null", "--data.batch_size=16",
+    ]  # fmt: skip
+    reg = bench.build_regime("default", [], [*tiny, "--ema.start_step=2", "--ema.decay=0.5"])
+    assert reg.config["ema"] == {"decay": 0.5, "start_step": 2}
+    assert reg.trained() is reg.model  # no update yet: the weights as trained
+    res = bench.train_round(reg, 0.5)
+    assert res["steps"] == reg.steps_done >= 3
+    assert int(reg.ema.n_averaged) == reg.steps_done - 2
+    assert reg.trained() is reg.ema.module
+    avg = dict(reg.trained().named_parameters())
+    cur = dict(reg.model.named_parameters())
+    assert any(not torch.equal(avg[k], cur[k]) for k in cur)
+    off = bench.build_regime("off", [], [*tiny, "--ema.enabled=false"])
+    assert off.ema is None and off.config["ema"] is None
+    bench.train_round(off, 0.2)
+    assert off.trained() is off.model

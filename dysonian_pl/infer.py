@@ -103,6 +103,10 @@ EXPLAINED_WARN = 0.8
 ZOOM_BELOW = 0.04
 ZOOM_TARGET = 0.10
 ZOOM_ROUNDS = 3
+#: the narrowest window a zoom reads, as a fraction of the sweep (16 points of a
+#: 4096-point sweep): a line predicted narrower is read on this window, never on a
+#: window of a few recorded points or less (which an untrained model's tiny dB asked for)
+ZOOM_MIN_FRACTION = 1.0 / 256
 
 
 def zoom_window(
@@ -112,7 +116,8 @@ def zoom_window(
 
     None when the line is not narrow in `current` (dB >= ZOOM_BELOW of it), when the
     prediction is not usable (non-finite, dB <= 0, B0 outside the sweep), or when the
-    new window would not be at least 1.5x narrower.
+    new window would not be at least 1.5x narrower. The new window is never narrower
+    than ZOOM_MIN_FRACTION of the sweep.
     """
     width = current[1] - current[0]
     lo, hi = sweep
@@ -120,7 +125,7 @@ def zoom_window(
         return None
     if dB >= ZOOM_BELOW * width:
         return None
-    new = min(dB / ZOOM_TARGET, hi - lo)
+    new = min(max(dB / ZOOM_TARGET, ZOOM_MIN_FRACTION * (hi - lo)), hi - lo)
     if new * 1.5 > width:
         return None
     start = min(max(B0 - new / 2, lo), hi - new)

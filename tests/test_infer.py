@@ -480,12 +480,16 @@ def test_relative_window_maps_sweep_and_sigma(rel_model, tmp_path, monkeypatch):
             a[0] for a in infer.predict_arrays(rel_model, prep.spectrum, return_sigma=True)
         )
         k = (hi - lo) / (w1 - w0)
-        assert row["B0"] == pytest.approx(lo + (nb0 - w0) * k, rel=1e-6)
-        assert row["dB"] == pytest.approx(ndb * k, rel=1e-6)
-        assert row["p"] == pytest.approx(npp, rel=1e-6)
-        assert row["B0_sigma"] == pytest.approx(sb0 * k, rel=1e-6)
-        assert row["dB_sigma"] == pytest.approx(sdb * k, rel=1e-6)
-        assert row["p_sigma"] == pytest.approx(sp, rel=1e-6)
+        # float32 rounding of the network's output: the file path reads the spectra as a
+        # batch, this one alone (oneDNN may pick another kernel); dB comes out through exp
+        # of a log over 10-500 (x3.9), so 1e-6 was within one rounding of failing
+        tol = 2e-5
+        assert row["B0"] == pytest.approx(lo + (nb0 - w0) * k, rel=tol)
+        assert row["dB"] == pytest.approx(ndb * k, rel=tol)
+        assert row["p"] == pytest.approx(npp, rel=tol)
+        assert row["B0_sigma"] == pytest.approx(sb0 * k, rel=tol)
+        assert row["dB_sigma"] == pytest.approx(sdb * k, rel=tol)
+        assert row["p_sigma"] == pytest.approx(sp, rel=tol)
         assert all(row[f"{n}_sigma"] > 0 for n in ("B0", "dB", "p"))
         rel.append([(row["B0"] - lo) / (hi - lo), row["dB"] / (hi - lo), row["p"]])
     # the same line relative to its sweep: the same relative prediction

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from dysonian_pl import infer, npnet
-from dysonian_pl.infer import ZOOM_BELOW, ZOOM_TARGET, zoom_window
+from dysonian_pl.infer import ZOOM_BELOW, ZOOM_MIN_FRACTION, ZOOM_TARGET, zoom_window
 from dysonian_pl.lineshapes import dysonian
 from dysonian_pl.simulate import simulate
 
@@ -183,6 +183,13 @@ def test_zoom_window_rules() -> None:
     assert zoom_window(3100.0, float("nan"), sweep, sweep) is None
     assert zoom_window(3300.0, 2.0, sweep, sweep) is None
     assert zoom_window(3100.0, 2.0, sweep, (3090.0, 3120.0)) is None  # 20 G is not 1.5x less
+    # a tiny predicted width reads the narrowest window allowed, not a degenerate one
+    # (an untrained model's dB of 1e-5 G once asked for a window 2e-4 G wide: NaN)
+    narrowest = ZOOM_MIN_FRACTION * 200.0  # 0.78 G
+    assert zoom_window(3100.0, 1e-5, sweep, sweep) == pytest.approx(
+        (3100.0 - narrowest / 2, 3100.0 + narrowest / 2)
+    )
+    assert zoom_window(3100.0, 1e-5, sweep, (3099.6, 3100.4)) is None  # already narrowest
     assert ZOOM_BELOW < ZOOM_TARGET
 
 

@@ -240,10 +240,15 @@ def _kill_loop_module():
 @pytest.mark.slow
 def test_sigkill_mid_epoch_and_resume(tmp_path):
     loop = _kill_loop_module()
-    max_epochs, kills = 6, 3
+    # Each process is killed 0.1-0.6 s after its own first checkpoint. On the fast host of
+    # 2026-11-25 an epoch here took about half a second, and with 6 epochs and the
+    # script's default wait of 0.2-2 s the third process finished before it could be
+    # killed. A killed process now gets through at most about three epochs (its first,
+    # then 0.6 s); 12 leave the last process work to finish on a host twice as fast.
+    max_epochs, kills = 12, 3
     cycles, failed = loop.run_loop(
         tmp_path / "run", kills=kills, seed=int.from_bytes(os.urandom(2), "little"),
-        max_epochs=max_epochs, n_spectra=160, log=lambda *_: None,
+        max_epochs=max_epochs, n_spectra=160, wait=(0.1, 0.6), log=lambda *_: None,
     )  # fmt: skip
     table = loop.summary_table(cycles)
     print(table)

@@ -336,6 +336,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     for line in failed:
         print(f"  - {line}")
+    if n_killed < args.kills:  # the run outpaced the kill schedule (a fast host)
+        epochs = args.max_epochs if args.max_epochs is not None else args.kills + 4
+        print(
+            f"  - only {n_killed} of --kills {args.kills}: the run finished first; "
+            f"give it more epochs (--max-epochs, now {epochs})"
+        )
     return 0 if not failed and n_killed == args.kills else 1
 
 

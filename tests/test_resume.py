@@ -285,6 +285,20 @@ def test_sigkill_mid_epoch_and_resume(tmp_path):
     assert all(b - a == per_epoch for a, b in zip(steps, steps[1:], strict=False)), steps
 
 
+@pytest.mark.slow
+def test_kill_loop_says_when_the_run_outpaced_its_kills(tmp_path, capsys):
+    """One epoch cannot take five kills: a resumed, finished run writes no new checkpoint,
+    so the loop waits for it to exit; the script fails and says what to change."""
+    loop = _kill_loop_module()
+    code = loop.main(
+        ["--kills", "5", "--max-epochs", "1", "--n-spectra", "40", "--workdir", str(tmp_path / "r")]
+    )
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "of --kills 5: the run finished first" in out
+    assert "(--max-epochs, now 1)" in out
+
+
 def test_last_checkpoint_follows_every_epoch_when_validation_stops_improving(tmp_path):
     """Monitoring `epoch` in mode min makes epoch 0 the best for ever; last.ckpt must still
     be the newest epoch (Lightning 2.6 alone keeps it at the best epoch)."""

@@ -1,11 +1,12 @@
 """How fast is this host today? Training samples/s of the prior work's network and of the
 default network, interleaved in one process, on identical simulated set-4 spectra.
 
-The CPU machines this project runs on are not all alike: on 2026-11-24 the prior
-network trained at 17 samples/s (`docs/bench-4regimes.md`), on 2026-11-25 at 35, the
-speed the project brief quotes for "this CPU". Every wall-clock accuracy claim in
-`docs/benchmarks.md` is quoted with this script's numbers from the same session, so a
-reader can tell a better recipe from a faster host:
+The CPU machines this project runs on are not all alike: in the same `bench` command
+the prior network trained at 17 samples/s on 2026-11-24 and at 47 on 2026-11-25
+(`docs/benchmarks.md`); the project brief quotes about 35 for "this CPU". The
+wall-clock results of 2026-11-25 in `docs/benchmarks.md` are quoted with this script's
+numbers from the same session (prior 46.4 samples/s), so a reader can tell a better
+recipe from a faster host:
 
     python scripts/host_speed.py            # about 1 minute; prints one JSON line
 

@@ -61,7 +61,7 @@ FEATURES = (
 )  # fmt: skip
 #: the features shared by every parameter (`features`); "s", "s^2" are each parameter's own
 SHARED = 9
-CALIBRATION_VERSION = 4
+CALIBRATION_VERSION = 5
 
 
 def features(
@@ -91,6 +91,17 @@ def _log_sigma(sigmas: np.ndarray, windows: np.ndarray, j: int) -> np.ndarray:
     windows = np.asarray(windows, dtype=np.float64)
     scale = np.maximum(windows[:, 1] - windows[:, 0], 1e-300) if j < 2 else 1.0
     return np.log(np.maximum(np.asarray(sigmas, dtype=np.float64)[:, j] / scale, 1e-300))
+
+
+def _of_param(windows: np.ndarray, zoomed: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray]:
+    """Parameter j's windows (N, 2) and zoom flags (N,): `windows` is (N, 2), one window
+    for every parameter, or (N, P, 2), each parameter's own (`infer.read_zoomed`); so is
+    `zoomed`, (N,) or (N, P)."""
+    windows = np.asarray(windows, dtype=np.float64)
+    zoomed = np.asarray(zoomed)
+    return (windows[:, j] if windows.ndim == 3 else windows), (
+        zoomed[:, j] if zoomed.ndim == 2 else zoomed
+    )
 
 
 def _with_sigma(shared: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -142,11 +153,12 @@ def fit_calibration(
         raise ValueError("every sigma must be finite and > 0 (a model with uncertainty)")
     if len(values) < 10 * len(FEATURES):
         raise ValueError(f"at least {10 * len(FEATURES)} predictions to fit on (got {len(values)})")
-    shared = features(values, windows, zoomed, geometry)
     weights, centres = [], []
     for j in range(values.shape[1]):
+        windows_j, zoomed_j = _of_param(windows, zoomed, j)
+        shared = features(values, windows_j, zoomed_j, geometry)
         err, log_s = np.abs(values[:, j] - truth[:, j]), np.log(sigmas[:, j])
-        s_j = _log_sigma(sigmas, windows, j)
+        s_j = _log_sigma(sigmas, windows_j, j)
         centre = float(np.mean(s_j))
         f = _with_sigma(shared, s_j - centre)
 
@@ -189,12 +201,14 @@ def apply_calibration(
     ):
         raise ValueError(
             f"sigma_calibration: version {calibration.get('version')!r} is not "
-            f"{CALIBRATION_VERSION} (written by another dysonian_pl version)"
+            f"{CALIBRATION_VERSION} (written by another dysonian_pl version, for another way "
+            "of reading spectra): fit it again with python -m dysonian_pl calibrate"
         )
     w = np.asarray(calibration["weights"], dtype=np.float64)
-    shared = features(values, windows, zoomed, calibration["geometry"])
     for j, centre in enumerate(calibration["s_centres"]):
-        s_j = _log_sigma(sigmas, windows, j) - centre
+        windows_j, zoomed_j = _of_param(windows, zoomed, j)
+        shared = features(values, windows_j, zoomed_j, calibration["geometry"])
+        s_j = _log_sigma(sigmas, windows_j, j) - centre
         sigmas[:, j] = sigmas[:, j] * np.exp(_with_sigma(shared, s_j) @ w[j])
     return sigmas
 
@@ -222,7 +236,7 @@ def calibrate_model(model, n: int, seed: int, rounds: int | None = None) -> tupl
         values, sigmas, windows = predict_zoomed(
             model, axis, x.numpy(), rounds=rounds, calibrated=False
         )
-        zoomed = windows[:, 1] - windows[:, 0] < 0.999 * width
+        zoomed = windows[..., 1] - windows[..., 0] < 0.999 * width  # (N, 3): per parameter
         return values, sigmas, y.numpy().astype(np.float64), windows, zoomed
 
     fit_set, check_set = read(2 * 10**9), read(3 * 10**9)
@@ -233,7 +247,7 @@ def calibrate_model(model, n: int, seed: int, rounds: int | None = None) -> tupl
     summary = {
         "n": n,
         "seed": seed,
-        "zoomed_fraction": float(zoomed.mean()),
+        "zoomed_fraction": zoomed.mean(axis=0).tolist(),
         "before": {
             "cover1": (err <= sigmas).mean(0).tolist(),
             "cover2": (err <= 2 * sigmas).mean(0).tolist(),
@@ -316,7 +330,12 @@ def main(argv: list[str] | None = None) -> int:
             torch.save(ckpt, fh)
     names = list(model.names)
     print(
-        f"{out}: sigma calibration (log-linear in the line's position in the window read, its width, p / p_fold and its own sigma) ({summary['zoomed_fraction']:.0%} zoomed)"
+        f"{out}: sigma calibration (log-linear in the line's position in the window read, "
+        "its width, p / p_fold and its own sigma) (read zoomed: "
+        + ", ".join(
+            f"{n} {z:.0%}" for n, z in zip(model.names, summary["zoomed_fraction"], strict=True)
+        )
+        + ")"
     )
     print(
         "| check draw | "

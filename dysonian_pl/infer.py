@@ -89,10 +89,6 @@ EDGE_FRACTION = 0.02
 #: p's standard deviation above this fraction of its training span is flagged (and, with
 #: a twin (`lineshapes.p_twin`), reported as the twin ambiguity).
 P_SIGMA_FRACTION = 0.15
-#: A window-agnostic model reads a narrow line again on a window zoomed around it: when
-#: dB is below ZOOM_BELOW of the window read, the next window is centred on B0 with dB
-#: at ZOOM_TARGET of it (the log-middle of the trained 1-50 %), inside the measured
-#: sweep; at most ZOOM_ROUNDS times.
 #: rms residual of the reconstruction (fraction of peak-to-peak) above which a spectrum
 #: is reported as not explained by one line of the model's kind
 RMS_WARN = 0.1
@@ -100,9 +96,33 @@ RMS_WARN = 0.1
 #: must explain; below it the spectrum is reported as not one line of the model's kind
 #: (a line that is a small part of a noisy sweep can pass RMS_WARN and still be missed)
 EXPLAINED_WARN = 0.8
+#: A window-agnostic model reads a narrow line again on a window zoomed around it: when
+#: dB is below ZOOM_BELOW of the window read, the next window is centred on B0 with dB
+#: at ZOOM_TARGET of it (the log-middle of the trained 1-50 %), inside the measured
+#: sweep; at most ZOOM_ROUNDS times. This is the reading `infer` reports (its window,
+#: overlay and zoom columns) and the one p is taken from.
 ZOOM_BELOW = 0.04
 ZOOM_TARGET = 0.10
 ZOOM_ROUNDS = 3
+#: Each parameter is read on its own chains of readings, one chain per (below, target)
+#: rule as above, and is the mean of its chains' final readings (sigma: the mixture's,
+#: mean variance plus the spread of the readings, as `ensemble` combines networks).
+#: B0 is read on a window in which the line takes 25 % of it (4 line widths): B0 MAE
+#: 1.2-3.3x lower on the prior-work sets, 1.7x over the training ranges and 1.6x on the
+#: sphere's set-6 than on ZOOM_TARGET's window. Narrower windows read B0 lower still
+#: (40 %: 1.4-3x on the plate sets, 6x on set-6) but with a bias of -1.2 to -2.7 per
+#: mille of the window as large as the scatter, so that within a data set ±1σ held
+#: 56-66 % and ±2σ 98-100 %: no sigma can be calibrated on them. dB and p are the mean
+#: of readings with the line at 10 % (ZOOM_TARGET's: wider windows keep the wings,
+#: where the dispersion part shows), 15 % and 25 % of the window (dB 5-40 % lower, p
+#: 2-25 % lower than ZOOM_TARGET's reading alone; 40 % alone made p 10-50 % worse).
+#: Measured on the shipped plate ensemble and sphere and on 3,000-step models of the
+#: same recipe (docs/model_card.md).
+READ_RULES: tuple[tuple[tuple[float, float], ...], ...] = (
+    ((0.25, 0.25),),
+    ((ZOOM_BELOW, ZOOM_TARGET), (0.15, 0.15), (0.25, 0.25)),
+    ((ZOOM_BELOW, ZOOM_TARGET), (0.15, 0.15), (0.25, 0.25)),
+)
 #: the narrowest window a zoom reads, as a fraction of the sweep (16 points of a
 #: 4096-point sweep): a line predicted narrower is read on this window, never on a
 #: window of a few recorded points or less (which an untrained model's tiny dB asked for)
@@ -110,22 +130,30 @@ ZOOM_MIN_FRACTION = 1.0 / 256
 
 
 def zoom_window(
-    B0: float, dB: float, sweep: tuple[float, float], current: tuple[float, float]
+    B0: float,
+    dB: float,
+    sweep: tuple[float, float],
+    current: tuple[float, float],
+    below: float | None = None,
+    target: float | None = None,
 ) -> tuple[float, float] | None:
     """The next window for a line (B0, dB) read on `current`, or None to keep it.
 
-    None when the line is not narrow in `current` (dB >= ZOOM_BELOW of it), when the
-    prediction is not usable (non-finite, dB <= 0, B0 outside the sweep), or when the
-    new window would not be at least 1.5x narrower. The new window is never narrower
-    than ZOOM_MIN_FRACTION of the sweep.
+    None when the line is not narrow in `current` (dB >= `below` of it; default
+    ZOOM_BELOW), when the prediction is not usable (non-finite, dB <= 0, B0 outside the
+    sweep), or when the new window (dB / `target` wide, default ZOOM_TARGET) would not
+    be at least 1.5x narrower. The new window is never narrower than ZOOM_MIN_FRACTION
+    of the sweep.
     """
+    below = ZOOM_BELOW if below is None else below
+    target = ZOOM_TARGET if target is None else target
     width = current[1] - current[0]
     lo, hi = sweep
     if not (math.isfinite(B0) and math.isfinite(dB) and dB > 0 and lo <= B0 <= hi):
         return None
-    if dB >= ZOOM_BELOW * width:
+    if dB >= below * width:
         return None
-    new = min(max(dB / ZOOM_TARGET, ZOOM_MIN_FRACTION * (hi - lo)), hi - lo)
+    new = min(max(dB / target, ZOOM_MIN_FRACTION * (hi - lo)), hi - lo)
     if new * 1.5 > width:
         return None
     start = min(max(B0 - new / 2, lo), hi - new)
@@ -159,7 +187,12 @@ UNITS = {
     "sweep_hi": "G",
     "window_lo": "G (the window the model read: the sweep, or a zoom around a narrow line)",
     "window_hi": "G",
-    "zoom": "sweep width / window width (1: no zoom)",
+    "zoom": (
+        "sweep width / window width (1: no zoom); the main reading, the one p comes from "
+        "and the overlay shows"
+    ),
+    "B0_zoom": "sweep width / width of the window B0 was read on (a line width is 40 % of it)",
+    "dB_zoom": "sweep width / width of the window dB was read on (a line width is 15 % of it)",
     "plot": "overlay plot in the output folder (measured, reconstructed line, residual)",
     "B0_sigma": "G, calibrated standard deviation of B0 (68 % of errors inside +-1 sigma)",
     "dB_sigma": "G, calibrated standard deviation of dB",
@@ -279,15 +312,16 @@ def predict_zoomed(
     *,
     rounds: int = ZOOM_ROUNDS,
     calibrated: bool = True,
+    rules: tuple[tuple[tuple[float, float], ...], ...] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A window-agnostic model's predictions with `infer`'s zoom rule, for spectra that
+    """A window-agnostic model's predictions with `infer`'s zoom rules, for spectra that
     share one field axis (e.g. simulated ones): (values, sigmas, windows), physical units.
-    `calibrated`: as `read_zoomed`.
+    `calibrated`, `rules`: as `read_zoomed`.
 
     `spectra` (N, len(field)) are first read on the whole sweep as given (they must be
     prepared: normalised); a narrow line is then read again, up to `rounds` times, on a
     window around it (`zoom_window`), prepared by `prepare_real` as a file would be.
-    `windows` (N, 2) are the windows of the final readings.
+    `windows` (N, n_outputs, 2) are the windows each parameter was finally read on.
     """
     field = np.asarray(field, dtype=np.float64)
     spectra = np.asarray(spectra)
@@ -300,54 +334,23 @@ def predict_zoomed(
         lambda k, axis: prepare_real(field, spectra[k], axis),
         rounds=rounds,
         calibrated=calibrated,
+        rules=rules,
     )
     return values, sigmas, windows
 
 
-def read_zoomed(
-    model: Predictor | NumpyPredictor,
-    first: np.ndarray,
-    sweeps: list[tuple[float, float]],
-    prepare,
-    *,
-    rounds: int = ZOOM_ROUNDS,
-    calibrated: bool = True,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, tuple[Any, np.ndarray]]]:
-    """The zoom rule, batched: the one loop behind `infer_files` and `predict_zoomed`.
-
-    `first` (N, n_points): the spectra prepared on their first windows, which are the
-    `sweeps` (for a fixed-window model, only used to map nothing: see `to_physical`).
-    Every round predicts all spectra still to read in one `predict_arrays` call; for a
-    window-agnostic model each narrow line (`zoom_window`) is then prepared again by
-    ``prepare(k, axis)`` on ``n_points`` over its new window and read in the next round,
-    at most `rounds` times; a `ValueError` from `prepare` keeps the wider window's
-    answer. Returns (values, sigmas) (N, 3) in physical units, the windows (N, 2) of the
-    final readings and {k: (prepared, axis)} for the spectra read on a zoomed window.
-
-    The sigmas are multiplied by the checkpoint's ``sigma_calibration`` table, if it has
-    one (`calibration.apply_calibration`: a factor log-linear in the line's position in
-    the window read, its relative width and p / p_fold,
-    fitted by ``python -m dysonian_pl calibrate`` on spectra read this way), unless
-    `calibrated` is False.
-    """
-    n = len(first)
-    values = np.full((n, 3), np.nan)
-    sigmas = np.full((n, 3), np.nan)
-    windows = np.array(sweeps, dtype=np.float64).reshape(n, 2)
+def _zoom_chain(model, values, sigmas, sweeps, prepare, rule, rounds) -> tuple:
+    """One chain of readings (`zoom_window` with `rule` = (below, target)) from the
+    whole-sweep readings `values`, `sigmas` (copied): (values, sigmas, windows (N, 2),
+    {k: (prepared, axis)} of the spectra read on a zoomed window)."""
+    values, sigmas = values.copy(), sigmas.copy()
+    windows = np.array(sweeps, dtype=np.float64).reshape(len(values), 2)
     zoomed: dict[int, tuple[Any, np.ndarray]] = {}
-    if n == 0:
-        return values, sigmas, windows, zoomed
-    relative = bool(getattr(model.sim, "relative_window", False))
-    todo, batch = list(range(n)), first
-    for zoom_round in range(rounds + 1):
-        v, sg = predict_arrays(model, batch, return_sigma=True)
-        for j, k in enumerate(todo):
-            values[k], sigmas[k] = to_physical(model, v[j], sg[j], tuple(windows[k]))
-        if not relative or zoom_round == rounds:
-            break
+    todo = list(range(len(values)))
+    for _ in range(rounds):
         again, spectra = [], []
         for k in todo:
-            new = zoom_window(values[k, 0], values[k, 1], sweeps[k], tuple(windows[k]))
+            new = zoom_window(values[k, 0], values[k, 1], sweeps[k], tuple(windows[k]), *rule)
             if new is None:
                 continue
             axis = np.linspace(new[0], new[1], model.sim.n_points)
@@ -361,10 +364,81 @@ def read_zoomed(
             spectra.append(prep.spectrum)
         if not again:
             break
-        todo, batch = again, np.stack(spectra)
+        v, sg = predict_arrays(model, np.stack(spectra), return_sigma=True)
+        for j, k in enumerate(again):
+            values[k], sigmas[k] = to_physical(model, v[j], sg[j], tuple(windows[k]))
+        todo = again
+    return values, sigmas, windows, zoomed
+
+
+def read_zoomed(
+    model: Predictor | NumpyPredictor,
+    first: np.ndarray,
+    sweeps: list[tuple[float, float]],
+    prepare,
+    *,
+    rounds: int = ZOOM_ROUNDS,
+    calibrated: bool = True,
+    rules: tuple[tuple[tuple[float, float], ...], ...] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, tuple[Any, np.ndarray]]]:
+    """The zoom rules, batched: the one loop behind `infer_files` and `predict_zoomed`.
+
+    `first` (N, n_points): the spectra prepared on their first windows, which are the
+    `sweeps` (for a fixed-window model, only used to map nothing: see `to_physical`).
+    All are read once in one `predict_arrays` call. For a window-agnostic model each
+    parameter is then read on its own chains of readings (`rules`: per output, a tuple
+    of (below, target) rules, default READ_RULES; outputs beyond it use the main rule
+    (ZOOM_BELOW, ZOOM_TARGET)): in a chain, a line narrow in the window read
+    (`zoom_window`) is prepared again by ``prepare(k, axis)`` on ``n_points`` over a
+    window around it and read again, at most `rounds` times, every round in one
+    `predict_arrays` call; a `ValueError` from `prepare` keeps the wider window's
+    answer. Each distinct rule is one chain, shared by the parameters that use it. A
+    parameter's value is the mean of its chains' final readings and its sigma the
+    mixture's (mean variance plus the variance of those readings).
+    Returns (values, sigmas) (N, n_outputs) in physical units, the windows
+    (N, n_outputs, 2) of each parameter's first chain's final reading, and
+    {k: (prepared, axis)} for the spectra whose *main* reading (the main rule: the
+    window `infer` reports, overlays and checks the reconstruction on) was on a zoomed
+    window.
+
+    The sigmas are multiplied by the checkpoint's ``sigma_calibration`` table, if it has
+    one (`calibration.apply_calibration`: a factor log-linear in the line's position in
+    the window each parameter was read on, its relative width and p / p_fold,
+    fitted by ``python -m dysonian_pl calibrate`` on spectra read this way), unless
+    `calibrated` is False.
+    """
+    n = len(first)
+    n_out = len(model.names)
+    values = np.full((n, n_out), np.nan)
+    sigmas = np.full((n, n_out), np.nan)
+    sweep_arr = np.array(sweeps, dtype=np.float64).reshape(n, 2)
+    windows = np.repeat(sweep_arr[:, None, :], n_out, axis=1)
+    if n == 0:
+        return values, sigmas, windows, {}
+    v, sg = predict_arrays(model, first, return_sigma=True)
+    for k in range(n):
+        values[k], sigmas[k] = to_physical(model, v[k], sg[k], tuple(sweep_arr[k]))
+    was_zoomed = np.zeros((n, n_out), dtype=bool)
+    main = (ZOOM_BELOW, ZOOM_TARGET)
+    zoomed: dict[int, tuple[Any, np.ndarray]] = {}
+    if getattr(model.sim, "relative_window", False) and rounds > 0:
+        rules = tuple(READ_RULES if rules is None else rules)
+        per_param = [tuple(rules[j]) if j < len(rules) else (main,) for j in range(n_out)]
+        wanted = [main] + [rule for chain in per_param for rule in chain]
+        chains = {
+            rule: _zoom_chain(model, values, sigmas, sweeps, prepare, rule, rounds)
+            for rule in dict.fromkeys(wanted)
+        }
+        for j, chain in enumerate(per_param):
+            v_j = np.stack([chains[rule][0][:, j] for rule in chain])  # (rules, N)
+            s_j = np.stack([chains[rule][1][:, j] for rule in chain])
+            values[:, j] = v_j.mean(axis=0)
+            sigmas[:, j] = np.sqrt((s_j**2).mean(axis=0) + v_j.var(axis=0))
+            windows[:, j] = chains[chain[0]][2]
+            was_zoomed[list(chains[chain[0]][3]), j] = True
+        zoomed = chains[main][3]
     table = (getattr(model, "checkpoint_meta", None) or {}).get("sigma_calibration")
     if calibrated and table and np.isfinite(sigmas).all():
-        was_zoomed = np.isin(np.arange(n), list(zoomed))
         sigmas = apply_calibration(table, values, sigmas, windows, was_zoomed)
     return values, sigmas, windows, zoomed
 
@@ -1029,6 +1103,7 @@ def _columns(model: Predictor, polish: bool) -> list[str]:
         cols += ["p_twin", "p_twin_sigma"] if _has_sigma(model) else ["p_twin"]
     cols += ["amplitude", "baseline_offset", "baseline_slope", "rms_residual", "explained"]
     cols += ["flipped", "coverage", "sweep_lo", "sweep_hi", "window_lo", "window_hi", "zoom"]
+    cols += ["B0_zoom", "dB_zoom"]
     cols += ["n_points_file", "plot"]
     if polish:
         for n in model.names:
@@ -1239,10 +1314,16 @@ def infer_files(
             model, first, [r[4] for r in ready], prepare_again, rounds=ZOOM_ROUNDS
         )
         whole = {k: (ready[k][2], ready[k][3]) for k in zoomed}  # first readings
+        for k, (i, _, _, _, sweep) in enumerate(ready):
+            for j, name in enumerate(names[:2]):  # B0, dB: each read on its own window
+                rows[i][f"{name}_zoom"] = (sweep[1] - sweep[0]) / (
+                    windows[k, j, 1] - windows[k, j, 0]
+                )
         for k, (new_prep, new_axis) in zoomed.items():
             i, spec, _, _, sweep = ready[k]
             ready[k] = (i, spec, new_prep, new_axis, sweep)
-            rows[i]["zoom"] = (sweep[1] - sweep[0]) / (windows[k, 1] - windows[k, 0])
+            main_window = windows[k, -1]  # p's: the main reading (READ_RULES)
+            rows[i]["zoom"] = (sweep[1] - sweep[0]) / (main_window[1] - main_window[0])
 
         # 3. to the file's units; reconstruct, warn, polish, plot
         for k, (i, spec, prep, axis, sweep) in enumerate(ready):

@@ -59,7 +59,7 @@ def test_features_from_predictions():
 def test_fit_and_apply_restore_coverage_where_one_factor_cannot():
     values, sigmas, truth, windows, zoomed, _, _ = _synthetic(40000)
     cal = fit_calibration(values, sigmas, truth, windows, zoomed, "plate")
-    assert cal["version"] == 4 and cal["features"] == list(FEATURES)
+    assert cal["version"] == 5 and cal["features"] == list(FEATURES)
     assert len(cal["s_centres"]) == 3
     # the learned log-factor of B0 follows the one that made the errors
     w = np.asarray(cal["weights"])[0]
@@ -79,6 +79,27 @@ def test_fit_and_apply_restore_coverage_where_one_factor_cannot():
     # one overall factor would not: the zoomed spectra are over-covered
     single = np.quantile(err / s2, ONE_SIGMA, axis=0)
     assert (err[z2] <= s2[z2] * single).mean() > 0.75
+
+
+def test_each_parameter_is_calibrated_on_the_window_it_was_read_on():
+    """Windows (N, 3, 2) and zoom flags (N, 3), one per parameter (infer.read_zoomed):
+    parameter j's factor uses its own window and flag, exactly as if every parameter had
+    been read on that window; fitting on them learns each parameter's own law."""
+    values, sigmas, truth, windows, zoomed, _, _ = _synthetic(6000)
+    cal = fit_calibration(values, sigmas, truth, windows, zoomed, "plate")
+    rng = np.random.default_rng(2)
+    per_w = np.stack([windows, windows * 0.5 + 200.0, windows], axis=1)  # (N, 3, 2)
+    per_z = np.column_stack([zoomed, rng.random(len(zoomed)) < 0.5, ~zoomed])
+    out = apply_calibration(cal, values, sigmas, per_w, per_z)
+    for j in range(3):
+        alone = apply_calibration(cal, values, sigmas, per_w[:, j], per_z[:, j])
+        np.testing.assert_allclose(out[:, j], alone[:, j], rtol=1e-12)
+    # B0 zoomed by its own flag, dB and p by the opposite one: each learns its own sign
+    flip = np.column_stack([zoomed, ~zoomed, ~zoomed])
+    cal2 = fit_calibration(values, sigmas, truth, np.stack([windows] * 3, axis=1), flip, "plate")
+    w = np.asarray(cal2["weights"])
+    assert w[0, FEATURES.index("zoomed")] == pytest.approx(-0.7, abs=0.15)
+    assert w[1, FEATURES.index("zoomed")] > 0.3  # dB's zoomed flag marks the whole-sweep rows
 
 
 @pytest.mark.parametrize("beta", [2.0, 3.0])
@@ -111,6 +132,8 @@ def test_apply_without_calibration_is_identity_and_bad_input_is_refused():
     assert out is not s and np.array_equal(out, s)
     with pytest.raises(ValueError, match="version"):
         apply_calibration({"version": 3, "features": list(FEATURES)}, s, s, w, z)
+    with pytest.raises(ValueError, match="fit it again with python -m dysonian_pl calibrate"):
+        apply_calibration({"version": 4, "features": list(FEATURES)}, s, s, w, z)
     big = np.ones((100, 3))
     with pytest.raises(ValueError, match="finite and > 0"):
         fit_calibration(
@@ -138,7 +161,7 @@ def test_calibrate_command_writes_a_checkpoint_infer_uses(tmp_path, capsys):
     ckpt = torch.load(out, map_location="cpu", weights_only=True)
     cal = ckpt["dysonian_pl"]["sigma_calibration"]
     assert cal["kind"] == "log-linear" and cal["fitted_on"] == {
-        "n": 1000, "seed": 3, "zoomed_fraction": pytest.approx(0.35, abs=0.06)
+        "n": 1000, "seed": 3, "zoomed_fraction": [pytest.approx(z, abs=0.06) for z in (0.72, 0.35, 0.35)]
     }  # fmt: skip
     assert np.asarray(cal["weights"]).shape == (3, len(FEATURES))
     # the new checkpoint's sigmas are the raw ones times exp(w . f); values unchanged
@@ -149,7 +172,7 @@ def test_calibrate_command_writes_a_checkpoint_infer_uses(tmp_path, capsys):
     v1, s1, w1 = infer.predict_zoomed(model, axis, x)
     v0, s0, w0 = infer.predict_zoomed(shipped, axis, x, calibrated=False)
     np.testing.assert_array_equal(v1, v0)
-    zoomed = w1[:, 1] - w1[:, 0] < 0.999 * (axis[-1] - axis[0])
+    zoomed = w1[..., 1] - w1[..., 0] < 0.999 * (axis[-1] - axis[0])  # (N, 3)
     np.testing.assert_allclose(s1, apply_calibration(cal, v1, s0, w1, zoomed), rtol=1e-12)
     assert not np.allclose(s1, s0)
     # too few spectra: a clear error, nothing written

@@ -161,7 +161,7 @@ def test_calibrating_an_ensemble_writes_its_manifest_and_infer_uses_it(
     v0, s0, w0 = infer.predict_zoomed(ens, axis, x)
     v1, s1, w1 = infer.predict_zoomed(cal, axis, x)
     np.testing.assert_array_equal(v0, v1)
-    zoomed = w1[:, 1] - w1[:, 0] < 0.999 * (axis[-1] - axis[0])
+    zoomed = w1[..., 1] - w1[..., 0] < 0.999 * (axis[-1] - axis[0])  # (N, 3)
     np.testing.assert_allclose(s1, apply_calibration(table, v1, s0, w1, zoomed), rtol=1e-12)
     assert not np.allclose(s0, s1)
     # a manifest written elsewhere still finds the members

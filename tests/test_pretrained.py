@@ -300,7 +300,12 @@ def test_infer_with_no_checkpoint_on_every_real_file(tmp_path: Path, capsys) -> 
     with open(tmp_path / "predictions.csv", newline="") as fh:
         lines = [ln for ln in fh if not ln.startswith("#")]
     header = next(csv.reader(lines))
-    assert {"B0_sigma", "zoom", "window_lo", "window_hi"} <= set(header)
+    assert {"B0_sigma", "zoom", "window_lo", "window_hi", "B0_zoom"} <= set(header)
+    # B0 is read on a window where the line is 25 % of it, the main reading on one where
+    # it is 10 %: B0's window is never the wider
+    for r in rows:
+        assert r["B0_zoom"] >= 0.999 * r["zoom"], (r["file"], r["B0_zoom"], r["zoom"])
+    assert max(r["B0_zoom"] / r["zoom"] for r in rows) > 2.0
     # the same line recorded by two spectrometer formats gives the same answer
     by = {r["file"]: r for r in rows}
     # (to half the smaller sigma: the two files' intensities differ by up to 3e-4 of the

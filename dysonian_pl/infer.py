@@ -187,7 +187,10 @@ UNITS = {
     "coverage": "fraction of the model's window covered by the measured sweep",
     "sweep_lo": "G",
     "sweep_hi": "G",
-    "window_lo": "G (the window the model read: the sweep, or a zoom around a narrow line)",
+    "window_lo": (
+        "G (the window of the main reading: the sweep, or a zoom around a narrow line; "
+        "the overlay's)"
+    ),
     "window_hi": "G",
     "zoom": (
         "sweep width / window width (1: no zoom); the main reading, the one p comes from "

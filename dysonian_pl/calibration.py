@@ -218,7 +218,7 @@ def calibrate_model(model, n: int, seed: int, rounds: int | None = None) -> tupl
     (indices from 2 * 10**9: in no training, validation, test or `sets` split), read as
     `infer` reads them. Returns (table, summary) where the summary has the coverage
     before and after on a second, independent draw of `n` spectra."""
-    from .infer import ZOOM_ROUNDS, predict_zoomed
+    from .infer import ZOOM_ROUNDS, predict_zoomed, zoomed_flags
     from .simulate import field_axis, simulate
 
     if not getattr(model.sim, "relative_window", False):
@@ -236,7 +236,7 @@ def calibrate_model(model, n: int, seed: int, rounds: int | None = None) -> tupl
         values, sigmas, windows = predict_zoomed(
             model, axis, x.numpy(), rounds=rounds, calibrated=False
         )
-        zoomed = windows[..., 1] - windows[..., 0] < 0.999 * width  # (N, 3): per parameter
+        zoomed = zoomed_flags(windows, width)  # (N, 3): per parameter
         return values, sigmas, y.numpy().astype(np.float64), windows, zoomed
 
     fit_set, check_set = read(2 * 10**9), read(3 * 10**9)

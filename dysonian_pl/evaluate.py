@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_open, atomic_write_text
-from .infer import ZOOM_ROUNDS, load_model, predict_zoomed
+from .infer import ZOOM_ROUNDS, load_model, predict_zoomed, zoomed_flags
 from .params import PRESETS, SimulationConfig
 from .simulate import field_axis, simulate
 
@@ -68,9 +68,7 @@ def evaluate_set(model, cfg: SimulationConfig, n: int, seed: int, zoom: bool = T
     if model.sim.relative_window:
         width = cfg.window[1] - cfg.window[0]
         # per parameter: each is read on its own chain of windows (infer.READ_RULES)
-        out["zoomed_fraction"] = np.mean(
-            windows[..., 1] - windows[..., 0] < 0.999 * width, axis=0
-        ).tolist()
+        out["zoomed_fraction"] = zoomed_flags(windows, width).mean(axis=0).tolist()
     if np.isfinite(sigmas).all():
         z = err / sigmas
         out["cover1"] = (z <= 1).mean(axis=0).tolist()

@@ -72,6 +72,7 @@ __all__ = [
     "predict_arrays",
     "predict_zoomed",
     "read_zoomed",
+    "zoomed_flags",
     "twin_of",
     "infer_files",
     "expand_inputs",
@@ -345,6 +346,13 @@ def predict_zoomed(
         rules=rules,
     )
     return values, sigmas, windows
+
+
+def zoomed_flags(windows: np.ndarray, sweep_width: float) -> np.ndarray:
+    """Which readings were on a zoomed window: `windows` (..., 2) narrower than the
+    sweep (to 0.1 %), e.g. (N, n_outputs) from `predict_zoomed`'s windows."""
+    windows = np.asarray(windows, dtype=np.float64)
+    return windows[..., 1] - windows[..., 0] < 0.999 * sweep_width
 
 
 def _zoom_chain(model, values, sigmas, sweeps, prepare, rule, rounds) -> tuple:

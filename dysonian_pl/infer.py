@@ -955,9 +955,9 @@ def expand_inputs(
 ) -> list[tuple[str, str | None]]:
     """(input as shown, path or None) per spectrum to read; None with a pattern that matched nothing.
 
-    Existing paths are used as given. Glob patterns (``**`` recursive) keep only
-    spectrum files and read each BES3T/ESP pair once (``x.DSC`` + ``x.DTA`` -> ``x.DSC``).
-    Duplicates are dropped.
+    Existing files are used as given. Glob patterns (``**`` recursive) and folders (every
+    spectrum file in it and its sub-folders) keep only spectrum files and read each
+    BES3T/ESP pair once (``x.DSC`` + ``x.DTA`` -> ``x.DSC``). Duplicates are dropped.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -974,10 +974,12 @@ def expand_inputs(
 
     for item in paths:
         s = os.fspath(item)
-        if os.path.exists(s) or not _has_magic(s):
+        folder = os.path.isdir(s)
+        if not folder and (os.path.exists(s) or not _has_magic(s)):
             add(s, s)
             continue
-        matches = sorted(m for m in glob.glob(s, recursive=True) if os.path.isfile(m))
+        pattern = os.path.join(glob.escape(s), "**", "*") if folder else s
+        matches = sorted(m for m in glob.glob(pattern, recursive=True) if os.path.isfile(m))
         matches = [m for m in matches if os.path.splitext(m)[1].lower() in _SPECTRUM_EXT]
         lower = {os.path.normcase(m).lower() for m in matches}
         kept = []
@@ -1288,7 +1290,12 @@ def infer_files(
             rows.append(row)
             try:
                 if path is None:
-                    raise SpectrumFileError(f"{shown}: no file matches this pattern")
+                    raise SpectrumFileError(
+                        f"{shown}: no spectrum file in this folder or its sub-folders "
+                        "(.DSC/.DTA, .par/.spc, .txt/.csv/.asc/.dat)"
+                        if os.path.isdir(shown)
+                        else f"{shown}: no file matches this pattern"
+                    )
                 spec = read_spectrum(path)
                 field_g = np.asarray(spec.field, dtype=np.float64)
                 finite = np.isfinite(field_g) & np.isfinite(np.asarray(spec.intensity, float))
@@ -1453,7 +1460,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Read spectrometer files (BES3T .DSC/.DTA, ESP/WinEPR .par/.spc, text), "
         "predict B0, dB, p with a trained model, write predictions.csv/.json and overlay plots.",
     )
-    ap.add_argument("inputs", nargs="+", metavar="FILE_OR_GLOB", help="spectrum files or globs")
+    ap.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="FILE_OR_GLOB",
+        help="spectrum files, globs (quoted; ** recursive) or folders (every spectrum file "
+        "in them and their sub-folders)",
+    )
     ap.add_argument(
         "--ckpt",
         help="model checkpoint (.ckpt) written by dysonian_pl training, its numpy export "

@@ -309,6 +309,20 @@ def test_all_ok_exit_0_and_glob_reads_pairs_once(ckpt, tmp_path, capsys):
     # an explicit data file and its descriptor from a glob are one spectrum
     assert len(infer.expand_inputs([str(work / "strong1.dta"), str(work / "strong1.*")])) == 1
     assert infer.expand_inputs([str(work / "*.xyz")]) == [(str(work / "*.xyz"), None)]
+    # a folder: every spectrum in it and its sub-folders, pairs once
+    (work / "deeper").mkdir()
+    shutil.copy(src / "strong1.dsc", work / "deeper" / "again.dsc")
+    shutil.copy(src / "strong1.dta", work / "deeper" / "again.dta")
+    found = infer.expand_inputs([str(work)])
+    assert [Path(p).name for _, p in found] == ["again.dsc", "strong1.dsc", "strong1esp.par"]
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    assert infer.expand_inputs([str(empty)]) == [(str(empty), None)]
+    code = infer.main([str(empty), "--ckpt", str(ckpt), "--out", str(tmp_path / "o2")])
+    assert code == 1
+    table = _read_csv(tmp_path / "o2" / "predictions.csv")
+    assert "no spectrum file in this folder or its sub-folders" in table[0]["error"]
+    shutil.rmtree(work / "deeper")
     out = tmp_path / "out"
     code = infer.main([str(work / "*"), "--ckpt", str(ckpt), "--out", str(out), "--no-plots"])
     assert code == 0

@@ -28,6 +28,18 @@ one factor can put them (`_closest_factor`).
 `apply_calibration` multiplies the sigmas by exp(w . f). The fitted model travels in
 the checkpoint's ``dysonian_pl`` section as ``sigma_calibration``.
 
+Beyond the simulated lines: the fitted factor is mostly below 1 (the network's own
+sigmas are wide) and, for p and dB read zoomed, barely depends on the sigma itself (on
+simulated lines a larger sigma does not mean a larger error there). A real line unlike
+any simulated one (several lines, a shape that is not one Dysonian: Sample-Q.DSC in
+shared/data, whose readings of p on windows 10, 6.7 and 4 line widths wide were 0.74,
+0.99 and 1.77) makes the network far less sure than on any of them (p's sigma 25 times
+its usual, dB's 8 times), and the factor would shrink that to a confident sigma
+(0.75 -> 0.05). So the table also records, per parameter, the 99.9th percentile of s
+over the fitting draw (``s_hi``); where a sigma lies beyond it, `apply_calibration`
+keeps the larger of the calibrated and the network's own sigma, and `beyond_range`
+says which (`infer` warns).
+
 NumPy only: `infer` applies it without importing torch.
 """
 
@@ -46,6 +58,7 @@ __all__ = [
     "TWO_SIGMA",
     "BANDS",
     "apply_calibration",
+    "beyond_range",
     "features",
     "fit_calibration",
 ]
@@ -61,7 +74,9 @@ FEATURES = (
 )  # fmt: skip
 #: the features shared by every parameter (`features`); "s", "s^2" are each parameter's own
 SHARED = 9
-CALIBRATION_VERSION = 5
+CALIBRATION_VERSION = 6
+#: quantile of s over the fitting draw beyond which a sigma is not shrunk (``s_hi``)
+S_HI_QUANTILE = 0.999
 
 
 def features(
@@ -142,7 +157,8 @@ def fit_calibration(
     true values, the windows read (N x 2) and each prediction's zoom state.
 
     Returns a JSON-able dict: ``weights[param][feature]``, the feature names, the
-    geometry. Its factors multiply the sigmas `values`/`sigmas` came with.
+    geometry, each parameter's centre of s and its ``s_hi``. Its factors multiply the
+    sigmas `values`/`sigmas` came with.
     """
     from scipy.optimize import minimize
 
@@ -153,7 +169,7 @@ def fit_calibration(
         raise ValueError("every sigma must be finite and > 0 (a model with uncertainty)")
     if len(values) < 10 * len(FEATURES):
         raise ValueError(f"at least {10 * len(FEATURES)} predictions to fit on (got {len(values)})")
-    weights, centres = [], []
+    weights, centres, s_hi = [], [], []
     for j in range(values.shape[1]):
         windows_j, zoomed_j = _of_param(windows, zoomed, j)
         shared = features(values, windows_j, zoomed_j, geometry)
@@ -174,6 +190,7 @@ def fit_calibration(
         w[0] += math.log(_closest_factor(z))
         weights.append([float(v) for v in w])
         centres.append(centre)
+        s_hi.append(float(np.quantile(s_j - centre, S_HI_QUANTILE)))
     return {
         "version": CALIBRATION_VERSION,
         "kind": "log-linear",
@@ -181,7 +198,25 @@ def fit_calibration(
         "features": list(FEATURES),
         "weights": weights,
         "s_centres": centres,
+        "s_hi": s_hi,
     }
+
+
+def _checked(calibration: dict) -> dict:
+    if calibration.get("version") != CALIBRATION_VERSION or calibration.get("features") != list(
+        FEATURES
+    ):
+        raise ValueError(
+            f"sigma_calibration: version {calibration.get('version')!r} is not "
+            f"{CALIBRATION_VERSION} (written by another dysonian_pl version, for another way "
+            "of reading spectra): fit it again with python -m dysonian_pl calibrate"
+        )
+    return calibration
+
+
+def _beyond(calibration: dict, sigmas: np.ndarray, windows: np.ndarray, j: int) -> np.ndarray:
+    s_j = _log_sigma(sigmas, windows, j) - calibration["s_centres"][j]
+    return s_j > calibration["s_hi"][j]
 
 
 def apply_calibration(
@@ -192,25 +227,36 @@ def apply_calibration(
     zoomed: np.ndarray,
 ) -> np.ndarray:
     """`sigmas` multiplied by the fitted factors (a copy; unchanged when `calibration`
-    is None)."""
+    is None); a sigma beyond the fitting draw's (`beyond_range`) is never made smaller."""
     sigmas = np.array(sigmas, dtype=np.float64)
     if not calibration:
         return sigmas
-    if calibration.get("version") != CALIBRATION_VERSION or calibration.get("features") != list(
-        FEATURES
-    ):
-        raise ValueError(
-            f"sigma_calibration: version {calibration.get('version')!r} is not "
-            f"{CALIBRATION_VERSION} (written by another dysonian_pl version, for another way "
-            "of reading spectra): fit it again with python -m dysonian_pl calibrate"
-        )
+    calibration = _checked(calibration)
     w = np.asarray(calibration["weights"], dtype=np.float64)
+    raw = sigmas.copy()
     for j, centre in enumerate(calibration["s_centres"]):
         windows_j, zoomed_j = _of_param(windows, zoomed, j)
         shared = features(values, windows_j, zoomed_j, calibration["geometry"])
-        s_j = _log_sigma(sigmas, windows_j, j) - centre
-        sigmas[:, j] = sigmas[:, j] * np.exp(_with_sigma(shared, s_j) @ w[j])
+        s_j = _log_sigma(raw, windows_j, j) - centre
+        sigmas[:, j] = raw[:, j] * np.exp(_with_sigma(shared, s_j) @ w[j])
+        far = _beyond(calibration, raw, windows_j, j)
+        sigmas[far, j] = np.maximum(sigmas[far, j], raw[far, j])
     return sigmas
+
+
+def beyond_range(calibration: dict | None, sigmas: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """(N, P) bool: which of the network's own (uncalibrated) `sigmas` lie beyond those of
+    the calibration's fitting draw (its ``s_hi``): a line the network is less sure of than
+    of 99.9 % of the simulated lines. All False without a calibration."""
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    out = np.zeros(sigmas.shape, dtype=bool)
+    if not calibration:
+        return out
+    calibration = _checked(calibration)
+    for j in range(len(calibration["s_centres"])):
+        windows_j, _ = _of_param(windows, np.zeros(len(sigmas), dtype=bool), j)
+        out[:, j] = _beyond(calibration, sigmas, windows_j, j)
+    return out
 
 
 def calibrate_model(model, n: int, seed: int, rounds: int | None = None) -> tuple[dict, dict]:

@@ -50,7 +50,7 @@ import numpy as np
 
 from . import CHECKPOINT_FORMAT, __version__
 from .atomic import atomic_open
-from .calibration import apply_calibration
+from .calibration import apply_calibration, beyond_range
 from .lineshapes import ad_ratio, dysonian, joshi, p_fold, p_twin
 from .npnet import ModelFileError, NumpyPredictor, load_npz, sha256_of
 from .params import GEOMETRIES, PARAMETERS, field_axis
@@ -109,20 +109,22 @@ ZOOM_ROUNDS = 3
 #: Each parameter is read on its own chains of readings, one chain per (below, target)
 #: rule as above, and is the mean of its chains' final readings (sigma: the mixture's,
 #: mean variance plus the spread of the readings, as `ensemble` combines networks).
-#: B0 is read on a window in which the line takes 25 % of it (4 line widths): B0 MAE
-#: 1.2-3.3x lower on the prior-work sets, 1.7x over the training ranges and 1.6x on the
-#: sphere's set-6 than on ZOOM_TARGET's window. Narrower windows read B0 lower still
-#: (40 %: 1.4-3x on the plate sets, 6x on set-6) but with a bias of -1.2 to -2.7 per
-#: mille of the window as large as the scatter, so that within a data set ±1σ held
-#: 56-66 % and ±2σ 98-100 %: no sigma can be calibrated on them. dB and p are the mean
-#: of readings with the line at 10 % (ZOOM_TARGET's: wider windows keep the wings,
-#: where the dispersion part shows), 15 % and 25 % of the window (on the plate ensemble
-#: dB 4-40 % and p 3-24 % lower than ZOOM_TARGET's reading alone; one reading at 40 %
-#: made p 31-44 % worse over the training ranges).
-#: Measured on the shipped plate ensemble and sphere and on 3,000-step models of the
-#: same recipe (docs/model_card.md).
+#: B0 is the mean of readings with the line at 25 % (its first: the window `B0_zoom`
+#: reports), 20 % and 30 % of the window (4, 5 and 3.3 line widths): a narrow window
+#: reads B0 better than ZOOM_TARGET's (25 % alone: B0 MAE 1.2-3.3x lower on the
+#: prior-work sets, 1.7x over the training ranges), but one reading on a window
+#: narrower still is biased (40 %: -1.2 to -2.7 per mille of the window, as large as
+#: the scatter, so that no sigma can be calibrated on it); the mean of the three is
+#: 1-6 % better than 25 % alone on every set and over the training ranges, and its
+#: errors fit a calibrated sigma better (its spread carries part of the error one
+#: reading cannot see). dB and p are the mean of readings with the line at 10 %
+#: (ZOOM_TARGET's: wider windows keep the wings, where the dispersion part shows),
+#: 15 % and 25 % of the window (on the plate ensemble dB 4-40 % and p 3-24 % lower
+#: than ZOOM_TARGET's reading alone; one reading at 40 % made p 31-44 % worse over the
+#: training ranges). Measured on the shipped plate ensemble and sphere and on 3,000-
+#: and 6,000-step models of the same recipe (docs/model_card.md).
 READ_RULES: tuple[tuple[tuple[float, float], ...], ...] = (
-    ((0.25, 0.25),),
+    ((0.25, 0.25), (0.20, 0.20), (0.30, 0.30)),
     ((ZOOM_BELOW, ZOOM_TARGET), (0.15, 0.15), (0.25, 0.25)),
     ((ZOOM_BELOW, ZOOM_TARGET), (0.15, 0.15), (0.25, 0.25)),
 )
@@ -194,13 +196,14 @@ UNITS = {
     ),
     "window_hi": "G",
     "zoom": (
-        "sweep width / window width (1: no zoom); the main reading, the one p comes from "
-        "and the overlay shows"
+        "sweep width / window width (1: no zoom) of the main reading: the one the overlay "
+        "shows and the first of those dB and p are the mean of"
     ),
     "B0_zoom": (
-        "sweep width / width of the window B0 was read on (zoomed: the line is 25 % of it); "
-        "dB and p are the mean of readings on the main window (zoom) and on windows where "
-        "the line is 15 % and 25 %"
+        "sweep width / width of the first window B0 was read on (zoomed: the line is 25 % "
+        "of it; B0 is the mean of readings where the line is 25, 20 and 30 %); dB and p are "
+        "the mean of readings on the main window (zoom) and on windows where the line is "
+        "15 % and 25 %"
     ),
     "plot": "overlay plot in the output folder (measured, reconstructed line, residual)",
     "B0_sigma": "G, calibrated standard deviation of B0 (68 % of errors inside +-1 sigma)",
@@ -336,7 +339,7 @@ def predict_zoomed(
     spectra = np.asarray(spectra)
     sweep = (float(field[0]), float(field[-1]))
     n = len(spectra)
-    values, sigmas, windows, _ = read_zoomed(
+    values, sigmas, windows, _, _ = read_zoomed(
         model,
         spectra,
         [sweep] * n,
@@ -396,7 +399,7 @@ def read_zoomed(
     rounds: int = ZOOM_ROUNDS,
     calibrated: bool = True,
     rules: tuple[tuple[tuple[float, float], ...], ...] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, tuple[Any, np.ndarray]]]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, tuple[Any, np.ndarray]], np.ndarray]:
     """The zoom rules, batched: the one loop behind `infer_files` and `predict_zoomed`.
 
     `first` (N, n_points): the spectra prepared on their first windows, which are the
@@ -415,7 +418,8 @@ def read_zoomed(
     (N, n_outputs, 2) of each parameter's first chain's final reading, and
     {k: (prepared, axis)} for the spectra whose *main* reading (the main rule: the
     window `infer` reports, overlays and checks the reconstruction on) was on a zoomed
-    window.
+    window, and (N, n_outputs) flags: which sigmas lie beyond those the calibration was
+    fitted on (`calibration.beyond_range`: kept at the network's own, not shrunk).
 
     The sigmas are multiplied by the checkpoint's ``sigma_calibration`` table, if it has
     one (`calibration.apply_calibration`: a factor log-linear in the line's position in
@@ -430,7 +434,7 @@ def read_zoomed(
     sweep_arr = np.array(sweeps, dtype=np.float64).reshape(n, 2)
     windows = np.repeat(sweep_arr[:, None, :], n_out, axis=1)
     if n == 0:
-        return values, sigmas, windows, {}
+        return values, sigmas, windows, {}, np.zeros((0, n_out), dtype=bool)
     v, sg = predict_arrays(model, first, return_sigma=True)
     for k in range(n):
         values[k], sigmas[k] = to_physical(model, v[k], sg[k], tuple(sweep_arr[k]))
@@ -454,9 +458,11 @@ def read_zoomed(
             was_zoomed[list(chains[chain[0]][3]), j] = True
         zoomed = chains[main][3]
     table = (getattr(model, "checkpoint_meta", None) or {}).get("sigma_calibration")
+    beyond = np.zeros((n, n_out), dtype=bool)
     if calibrated and table and np.isfinite(sigmas).all():
+        beyond = beyond_range(table, sigmas, windows)
         sigmas = apply_calibration(table, values, sigmas, windows, was_zoomed)
-    return values, sigmas, windows, zoomed
+    return values, sigmas, windows, zoomed, beyond
 
 
 # --------------------------------------------------------------------------- #
@@ -784,7 +790,7 @@ def _relative_range_warnings(
         if where == "outside":
             out.append(
                 f"{what} {_pct(frac)} % of the sweep: the model was trained for {trained} "
-                f"(outside: treat with caution; {advice})"
+                f"(outside: treat with caution, {advice})"
             )
         else:
             out.append(
@@ -848,17 +854,17 @@ def _p_twin_warning(model: Predictor | NumpyPredictor, p: float, s_p: float) -> 
             )
         else:
             assumes = (
-                f"p ± 2 sigma = {p - 2 * s_p:.3g} to {p + 2 * s_p:.3g}; the fold where A/D "
+                f"p ± 2 sigma = {p - 2 * s_p:.3g} to {p + 2 * s_p:.3g}, the fold where A/D "
                 f"is smallest is at p = {fold:.4g}"
             )
         return (
             f"p = {p:.3g} ± {s_p:.2g} and p = {twin:.3g} ± {s_twin:.2g} give the same line "
-            f"shape ({geometry}); the shape alone cannot tell them apart ({assumes})"
+            f"shape ({geometry}): the shape alone cannot tell them apart ({assumes})"
         )
     if reaches:
         return (
             f"p = {p:.3g} ± {s_p:.2g} reaches the fold at p = {fold:.4g} ({geometry}) "
-            "beyond which lines repeat the shapes of smaller p; the shape alone cannot tell "
+            "beyond which lines repeat the shapes of smaller p: the shape alone cannot tell "
             "them apart"
         )
     if large:
@@ -1135,7 +1141,16 @@ def _write_csv(path: Path, rows: list[dict], cols: list[str], model: Predictor) 
     buf = io.StringIO()
     info = _model_info(model)
     source = ""
-    if info["engine"] == "numpy":
+    if info.get("ensemble_members"):
+        source = (
+            " (ensemble of "
+            + ", ".join(
+                f"{m.get('ckpt')} sha256 {str(m.get('sha256') or '')[:16]}... ({m.get('engine')})"
+                for m in info["ensemble_members"]
+            )
+            + ")"
+        )
+    elif info["engine"] == "numpy":
         sha = str(info.get("exported_from_sha256") or "")[:16]
         source = f" (numpy export of {info.get('exported_from')}, sha256 {sha}...)"
     buf.write(f"# dysonian_pl {__version__} infer; checkpoint {info['checkpoint']}{source}\n")
@@ -1247,7 +1262,8 @@ def infer_files(
     `ckpt` is a checkpoint path or an already loaded model (a `Predictor` from
     `load_model`, or a `module.DysonianRegressor`). `progress`: None shows a
     tqdm bar for more than one file when stderr is a terminal. Warnings go to stderr
-    (unless `quiet`) and into each row's ``warnings`` (joined by "; "). All prepared
+    (unless `quiet`) and into each row's ``warnings`` (joined by "; ", which no warning
+    contains). All prepared
     spectra go through the network in one `predict_arrays` call per zoom round
     (`read_zoomed`). `plot_format`: ``"svg"`` (drawn by `svgplot`, no matplotlib) or
     ``"png"`` (matplotlib); the ``plot`` column names each file's plot.
@@ -1333,7 +1349,7 @@ def infer_files(
             spec = ready[k][1]
             return prepare_real(spec.field, spec.intensity, new_axis, name=Path(spec.path).name)
 
-        params_all, sigma_all, windows, zoomed = read_zoomed(
+        params_all, sigma_all, windows, zoomed, beyond = read_zoomed(
             model, first, [r[4] for r in ready], prepare_again, rounds=ZOOM_ROUNDS
         )
         whole = {k: (ready[k][2], ready[k][3]) for k in zoomed}  # first readings
@@ -1370,12 +1386,21 @@ def infer_files(
                 sweep,
                 sigmas=sigma if with_sigma else None,
             )
+            unsure = [n for n, b in zip(names, beyond[k], strict=True) if b]
+            if unsure:
+                warns.append(
+                    f"the network is less sure of {', '.join(unsure)} on this line than on "
+                    "99.9 % of the simulated lines its sigmas were calibrated on: the line is "
+                    "not like them (several lines, a shape that is not one Dysonian, "
+                    "distortion), and its sigma there is the network's own, which the "
+                    "calibration would have made smaller"
+                )
             if check.rms > RMS_WARN or check.explained < EXPLAINED_WARN:
                 warns.append(
                     f"the reconstructed line leaves an rms residual of {_pct(check.rms)} % of "
                     f"the peak-to-peak and explains {_pct(max(check.explained, 0.0))} % of the "
                     "signal: the spectrum is not one line of this model's kind (several "
-                    "lines, hyperfine structure, distortion) or lies outside its ranges; do not "
+                    "lines, hyperfine structure, distortion) or lies outside its ranges: do not "
                     "trust these numbers"
                 )
             row.update({n: float(v) for n, v in zip(names, params, strict=True)})

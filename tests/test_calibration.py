@@ -11,6 +11,7 @@ from dysonian_pl.calibration import (
     SHARED,
     TWO_SIGMA,
     apply_calibration,
+    beyond_range,
     features,
     fit_calibration,
 )
@@ -40,6 +41,29 @@ def _synthetic(n: int, seed: int = 0):
     return values, sigmas, truth, windows, zoomed, k, noise
 
 
+def test_a_sigma_beyond_the_fitting_draw_is_never_shrunk():
+    """A line the network is far less sure of than of any line of the fitting draw keeps
+    its own sigma where the calibration would shrink it (the factor here is about 1/10:
+    the errors are a tenth of the reported sigmas), and `beyond_range` names it."""
+    values, sigmas, truth, windows, zoomed, _, noise = _synthetic(4000)
+    values = truth + noise / 10
+    cal = fit_calibration(values, sigmas, truth, windows, zoomed, "plate")
+    assert len(cal["s_hi"]) == 3
+    plain = {**cal, "s_hi": [np.inf] * 3}  # the same table without the guard
+    middle = np.argsort(truth[:, 1])[len(truth) // 2 : len(truth) // 2 + 3]  # typical dB
+    v, w, z = values[middle], windows[middle], zoomed[middle]
+    raw = sigmas[middle].copy()
+    raw[0] *= 50.0  # row 0: 50 times the usual sigma, every parameter
+    shrunk = apply_calibration(plain, v, raw, w, z)
+    assert (shrunk < raw).all()  # the factor alone would shrink all of them
+    far = beyond_range(cal, raw, w)
+    assert far[0].all() and not far[1:].any()
+    out = apply_calibration(cal, v, raw, w, z)
+    np.testing.assert_array_equal(out[0], np.maximum(shrunk[0], raw[0]))
+    np.testing.assert_array_equal(out[1:], shrunk[1:])
+    assert not beyond_range(None, raw, w).any()
+
+
 def _coverage(err, sigma):
     return (err <= sigma).mean(0), (err <= 2 * sigma).mean(0)
 
@@ -59,7 +83,7 @@ def test_features_from_predictions():
 def test_fit_and_apply_restore_coverage_where_one_factor_cannot():
     values, sigmas, truth, windows, zoomed, _, _ = _synthetic(40000)
     cal = fit_calibration(values, sigmas, truth, windows, zoomed, "plate")
-    assert cal["version"] == 5 and cal["features"] == list(FEATURES)
+    assert cal["version"] == 6 and cal["features"] == list(FEATURES)
     assert len(cal["s_centres"]) == 3
     # the learned log-factor of B0 follows the one that made the errors
     w = np.asarray(cal["weights"])[0]
@@ -133,7 +157,7 @@ def test_apply_without_calibration_is_identity_and_bad_input_is_refused():
     with pytest.raises(ValueError, match="version"):
         apply_calibration({"version": 3, "features": list(FEATURES)}, s, s, w, z)
     with pytest.raises(ValueError, match="fit it again with python -m dysonian_pl calibrate"):
-        apply_calibration({"version": 4, "features": list(FEATURES)}, s, s, w, z)
+        apply_calibration({"version": 5, "features": list(FEATURES)}, s, s, w, z)
     big = np.ones((100, 3))
     with pytest.raises(ValueError, match="finite and > 0"):
         fit_calibration(

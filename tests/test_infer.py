@@ -582,8 +582,8 @@ def test_p_twin_warnings_follow_the_fold(rel_model):
     s_twin = infer.twin_sigma(rel_model, 2.0, 0.4, twin)
     # across the fold: the pair, and where p +- 2 sigma lies against the fold
     assert warn(2.0, 0.4) == (
-        f"p = 2 ± 0.4 and p = 3.35 ± {s_twin:.2g} give the same line shape (plate); the shape "
-        "alone cannot tell them apart (p ± 2 sigma = 1.2 to 2.8; the fold where A/D is "
+        f"p = 2 ± 0.4 and p = 3.35 ± {s_twin:.2g} give the same line shape (plate): the shape "
+        "alone cannot tell them apart (p ± 2 sigma = 1.2 to 2.8, the fold where A/D is "
         "smallest is at p = 2.654)"
     )
     assert warn(3.0, 0.7).startswith("p = 3 ± 0.7 and p = 2.31 ± ")
@@ -597,7 +597,7 @@ def test_p_twin_warnings_follow_the_fold(rel_model):
     s_twin = infer.twin_sigma(thin, 2.0, 0.03, twin)
     assert 0.03 < s_twin < 0.1
     assert warn(2.0, 0.03, thin) == (
-        f"p = 2 ± 0.03 and p = 3.35 ± {s_twin:.2g} give the same line shape (plate); the "
+        f"p = 2 ± 0.03 and p = 3.35 ± {s_twin:.2g} give the same line shape (plate): the "
         "shape alone cannot tell them apart (this model was trained on p 0.05-2.65, below "
         "the fold at p = 2.654, and answers on that side: take p = 3.35 if the sample can "
         "be thicker than that)"
@@ -605,7 +605,7 @@ def test_p_twin_warnings_follow_the_fold(rel_model):
     # no twin (p below 1.55), but the interval reaches the fold
     assert warn(1.2, 0.8) == (
         "p = 1.2 ± 0.8 reaches the fold at p = 2.654 (plate) beyond which lines repeat the "
-        "shapes of smaller p; the shape alone cannot tell them apart"
+        "shapes of smaller p: the shape alone cannot tell them apart"
     )
     assert warn(0.5, 0.05) is None and warn(0.5, float("nan")) is None
     assert warn(0.5, 0.05, thin) is None

@@ -298,7 +298,10 @@ def test_infer_with_no_checkpoint_on_every_real_file(tmp_path: Path, capsys) -> 
             assert np.isfinite(r[k]), (r["file"], k)
         assert r["sweep_lo"] <= r["B0"] <= r["sweep_hi"], r["file"]
     with open(tmp_path / "predictions.csv", newline="") as fh:
-        lines = [ln for ln in fh if not ln.startswith("#")]
+        first, *rest = list(fh)
+        lines = [ln for ln in rest if not ln.startswith("#")]
+    # the provenance line names the ensemble's members (it once said "numpy export of None")
+    assert "(ensemble of universal-plate-3.ckpt sha256 " in first and "None" not in first
     header = next(csv.reader(lines))
     assert {"B0_sigma", "zoom", "window_lo", "window_hi", "B0_zoom"} <= set(header)
     # B0 is read on a window where the line is 25 % of it, the main reading on one where
@@ -315,6 +318,21 @@ def test_infer_with_no_checkpoint_on_every_real_file(tmp_path: Path, capsys) -> 
         for k in ("B0", "dB", "p"):
             tol = 0.5 * min(by[a][f"{k}_sigma"], by[b][f"{k}_sigma"])
             assert abs(by[a][k] - by[b][k]) < tol, (a, b, k, by[a][k], by[b][k], tol)
+    # lines unlike the simulated ones keep the network's own, wider sigma, and say so:
+    # Sample-Q's readings of p on its three windows are 0.74, 0.99 and 1.77 (least
+    # squares: 0.91), and the calibrated sigma would have been 0.05; strong1, one clean
+    # line, keeps the calibrated one
+    unsure = "the network is less sure of"
+    sample_q = by["Sample-Q.DSC"]
+    assert unsure in sample_q["warnings"] and sample_q["p_sigma"] > 0.3
+    assert unsure not in by["strong1.dsc"]["warnings"] and by["strong1.dsc"]["p_sigma"] < 0.2
+    # each warning is logged on a line of its own; none contains the "; " that joins
+    # them in the warnings column (and that the notes column counts them by)
+    logged = capsys.readouterr().err.splitlines()
+    for r in rows:
+        n = sum(ln.startswith(f"warning: {r['file']}: ") for ln in logged)
+        assert n == (len(r["warnings"].split("; ")) if r["warnings"] else 0), r["warnings"]
+    assert sum(unsure in r["warnings"] for r in rows) >= 3
 
 
 def test_sets_evaluation_zooms_like_infer_and_it_helps_on_narrow_lines() -> None:
@@ -332,10 +350,10 @@ def test_sets_evaluation_zooms_like_infer_and_it_helps_on_narrow_lines() -> None
 
 
 def test_each_parameter_is_read_on_its_own_chains_of_windows() -> None:
-    """READ_RULES: B0 read on a window 4 line widths wide, dB and p the mean of readings
-    on windows 10 (the main reading), 6.7 and 4 line widths wide;
-    each parameter is what its rules read when every parameter is read with them, its
-    sigma the mixture's, and the windows say where its first rule read it."""
+    """READ_RULES: B0 the mean of readings on windows 4, 5 and 3.3 line widths wide, dB
+    and p the mean of readings on windows 10 (the main reading), 6.7 and 4 line widths
+    wide; each parameter is what its rules read when every parameter is read with them,
+    its sigma the mixture's, and the windows say where its first rule read it."""
     from dysonian_pl.params import PRESETS
     from dysonian_pl.simulate import field_axis, simulate
 
@@ -349,6 +367,7 @@ def test_each_parameter_is_read_on_its_own_chains_of_windows() -> None:
     width = windows[..., 1] - windows[..., 0]
     main = (infer.ZOOM_BELOW, infer.ZOOM_TARGET)
     assert infer.READ_RULES[1][0] == infer.READ_RULES[2][0] == main
+    assert len(infer.READ_RULES[0]) == 3  # B0: three readings
     single = {}
     for rule in {r for rules in infer.READ_RULES for r in rules}:
         single[rule] = infer.predict_zoomed(model, axis, x, calibrated=False, rules=((rule,),) * 3)
@@ -362,7 +381,7 @@ def test_each_parameter_is_read_on_its_own_chains_of_windows() -> None:
         np.testing.assert_allclose(
             sigmas[:, j], np.sqrt((spreads**2).mean(axis=0) + reads.var(axis=0)), rtol=1e-12
         )
-    # on these narrow lines B0 is read better on the narrower window (the reason for it)
+    # on these narrow lines B0 is read better on the narrower windows (the reason for them)
     truth = y.numpy()
     b0_main = np.abs(single[main][0][:, 0] - truth[:, 0]).mean()
     assert np.abs(values[:, 0] - truth[:, 0]).mean() < 0.8 * b0_main

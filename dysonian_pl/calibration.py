@@ -33,9 +33,9 @@ sigmas are wide) and, for p and dB read zoomed, barely depends on the sigma itse
 simulated lines a larger sigma does not mean a larger error there). A real line unlike
 any simulated one (several lines, a shape that is not one Dysonian: Sample-Q.DSC in
 shared/data, whose readings of p on windows 10, 6.7 and 4 line widths wide were 0.74,
-0.99 and 1.77) makes the network far less sure than on any of them (p's sigma 25 times
+0.99 and 1.77) makes the network far less sure than on any of them (p's sigma 20 times
 its usual, dB's 8 times), and the factor would shrink that to a confident sigma
-(0.75 -> 0.05). So the table also records, per parameter, the 99.9th percentile of s
+(0.59 -> 0.023). So the table also records, per parameter, the 99.9th percentile of s
 over the fitting draw (``s_hi``); where a sigma lies beyond it, `apply_calibration`
 keeps the larger of the calibrated and the network's own sigma, and `beyond_range`
 says which (`infer` warns).

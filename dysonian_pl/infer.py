@@ -1392,8 +1392,8 @@ def infer_files(
                     f"the network is less sure of {', '.join(unsure)} on this line than on "
                     "99.9 % of the simulated lines its sigmas were calibrated on: the line is "
                     "not like them (several lines, a shape that is not one Dysonian, "
-                    "distortion), and its sigma there is the network's own, which the "
-                    "calibration would have made smaller"
+                    "distortion), and its sigma there is not made smaller than the "
+                    "network's own"
                 )
             if check.rms > RMS_WARN or check.explained < EXPLAINED_WARN:
                 warns.append(

@@ -239,7 +239,7 @@ def apply_calibration(
         shared = features(values, windows_j, zoomed_j, calibration["geometry"])
         s_j = _log_sigma(raw, windows_j, j) - centre
         sigmas[:, j] = raw[:, j] * np.exp(_with_sigma(shared, s_j) @ w[j])
-        far = _beyond(calibration, raw, windows_j, j)
+        far = s_j > calibration["s_hi"][j]  # as `_beyond`
         sigmas[far, j] = np.maximum(sigmas[far, j], raw[far, j])
     return sigmas
 

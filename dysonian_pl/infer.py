@@ -55,7 +55,7 @@ from .lineshapes import ad_ratio, dysonian, joshi, p_fold, p_twin
 from .npnet import ModelFileError, NumpyPredictor, load_npz, sha256_of
 from .params import GEOMETRIES, PARAMETERS, field_axis
 from .preprocess import normalise, prepare_real
-from .readers import SpectrumFileError, read_spectrum
+from .readers import FIELD_UNITS, SpectrumFileError, read_spectrum
 from .svgplot import overlay_svg
 
 if TYPE_CHECKING:  # torch is imported only for a .ckpt (see the module docstring)
@@ -206,6 +206,14 @@ UNITS = {
         "15 % and 25 %"
     ),
     "plot": "overlay plot in the output folder (measured, reconstructed line, residual)",
+    "status": (
+        "ok; unreliable (read, but one line of the model's kind does not explain the "
+        "spectrum: do not trust its numbers); error (not read: see error)"
+    ),
+    "reader_notes": (
+        "what the file reader assumed or chose (a field unit assumed, decimal commas, the "
+        "column or slice read), joined by '; '"
+    ),
     "B0_sigma": "G, calibrated standard deviation of B0 (68 % of errors inside +-1 sigma)",
     "dB_sigma": "G, calibrated standard deviation of dB",
     "p_sigma": "calibrated standard deviation of p",
@@ -863,7 +871,8 @@ def _p_twin_warning(model: Predictor | NumpyPredictor, p: float, s_p: float) -> 
         )
     if reaches:
         return (
-            f"p = {p:.3g} ± {s_p:.2g} reaches the fold at p = {fold:.4g} ({geometry}) "
+            f"p = {p:.3g} ± {s_p:.2g}: p ± 2 sigma ({p - 2 * s_p:.3g} to {p + 2 * s_p:.3g}) "
+            f"reaches the fold at p = {fold:.4g} ({geometry}) "
             "beyond which lines repeat the shapes of smaller p: the shape alone cannot tell "
             "them apart"
         )
@@ -1133,7 +1142,7 @@ def _columns(model: Predictor, polish: bool) -> list[str]:
         for n in model.names:
             cols += [f"lsq_{n}", f"lsq_{n}_stderr"]
         cols += ["lsq_success"]
-    cols += ["warnings", "error"]
+    cols += ["warnings", "reader_notes", "error"]
     return cols
 
 
@@ -1254,11 +1263,19 @@ def infer_files(
     progress: bool | None = None,
     trust: bool = False,
     quiet: bool = False,
+    field_unit: str | None = None,
 ) -> list[dict]:
     """Predict (B0, dB, p) for every file; write CSV, JSON and overlay plots under `out_dir`.
 
     `paths` are files or glob patterns. A file that cannot be read or prepared gives a
-    row with ``status == "error"`` and an ``error`` message; the others continue.
+    row with ``status == "error"`` and an ``error`` message; the others continue. A
+    file read whose reconstruction one line of the model's kind does not explain
+    (`RMS_WARN`, `EXPLAINED_WARN`: several lines, hyperfine structure, not a Dysonian
+    line) gets ``status == "unreliable"``, its numbers kept but not to be trusted; the
+    rest ``"ok"`` (with or without warnings). `field_unit` (G, mT or T) is the field
+    unit of a file that names none (`readers.read_spectrum`); without it such a file is
+    read in gauss with a warning. What the reader did beyond the plain case (a unit
+    assumed, decimal commas, which column or slice) is in ``reader_notes``.
     `ckpt` is a checkpoint path or an already loaded model (a `Predictor` from
     `load_model`, or a `module.DysonianRegressor`). `progress`: None shows a
     tqdm bar for more than one file when stderr is a terminal. Warnings go to stderr
@@ -1312,7 +1329,8 @@ def infer_files(
                         if os.path.isdir(shown)
                         else f"{shown}: no file matches this pattern"
                     )
-                spec = read_spectrum(path)
+                spec = read_spectrum(path, field_unit=field_unit)
+                row["reader_notes"] = "; ".join(spec.notes)
                 field_g = np.asarray(spec.field, dtype=np.float64)
                 finite = np.isfinite(field_g) & np.isfinite(np.asarray(spec.intensity, float))
                 sweep = (
@@ -1386,6 +1404,12 @@ def infer_files(
                 sweep,
                 sigmas=sigma if with_sigma else None,
             )
+            if spec.field_unit_assumed:
+                warns.append(
+                    f"the file names no field unit, so its field was read in gauss (sweep "
+                    f"{sweep_lo:.6g}-{sweep_hi:.6g} G): if it is in mT or T, run again with "
+                    "--field-unit mT (or T)"
+                )
             unsure = [n for n, b in zip(names, beyond[k], strict=True) if b]
             if unsure:
                 warns.append(
@@ -1396,6 +1420,7 @@ def infer_files(
                     "network's own"
                 )
             if check.rms > RMS_WARN or check.explained < EXPLAINED_WARN:
+                row["status"] = "unreliable"
                 warns.append(
                     f"the reconstructed line leaves an rms residual of {_pct(check.rms)} % of "
                     f"the peak-to-peak and explains {_pct(max(check.explained, 0.0))} % of the "
@@ -1453,7 +1478,7 @@ def infer_files(
     cols = _columns(model, polish)
     for row in rows:
         for c in cols:
-            row.setdefault(c, "" if c in ("warnings", "error", "plot") else None)
+            row.setdefault(c, "" if c in ("warnings", "reader_notes", "error", "plot") else None)
     _write_csv(out / "predictions.csv", rows, cols, model)
     _write_json(out / "predictions.json", rows, model)
     return rows
@@ -1471,7 +1496,8 @@ def markdown_table(rows: list[dict], names: tuple[str, ...] | list[str]) -> str:
             cells = [row["file"], *(format_pm(row[n], row.get(f"{n}_sigma")) for n in names)]
             w = row.get("warnings") or ""
             n_w = len([x for x in w.split("; ") if x]) if w else 0
-            cells.append(f"{n_w} warning(s)" if n_w else "ok")
+            note = f"{n_w} warning(s)" if n_w else "ok"
+            cells.append(f"unreliable, {note}" if row.get("status") == "unreliable" else note)
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
@@ -1484,6 +1510,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m dysonian_pl infer",
         description="Read spectrometer files (BES3T .DSC/.DTA, ESP/WinEPR .par/.spc, text), "
         "predict B0, dB, p with a trained model, write predictions.csv/.json and overlay plots.",
+        epilog="status column: ok; unreliable (read, but one line of the model's kind does "
+        "not explain the spectrum: do not trust its numbers); error (not read). Exit status: "
+        "0 when every file was read (ok or unreliable), 1 when some could not be read (the "
+        "others still have their rows), 2 for a usage error.",
     )
     ap.add_argument(
         "inputs",
@@ -1504,6 +1534,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=GEOMETRIES,
         help="sample geometry: picks the pretrained model when --ckpt is not given "
         "(default plate); with --ckpt it must be the checkpoint's geometry",
+    )
+    ap.add_argument(
+        "--field-unit",
+        choices=FIELD_UNITS,
+        help="the field unit of files that name none (a text export without a unit in its "
+        "header; also BES3T without XUNI, ESP without JUN); without it they are read in "
+        "gauss (text files with a warning). A unit the file names always wins",
     )
     ap.add_argument("--out", default="infer_out", help="output folder (default: infer_out)")
     ap.add_argument("--no-plots", action="store_true", help="do not write overlay plots")
@@ -1531,7 +1568,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m dysonian_pl infer``: exit 0 all files ok, 1 some failed, 2 usage error."""
+    """``python -m dysonian_pl infer``: exit 0 every file read, 1 some not read, 2 usage error."""
     ap = _parser()
     try:
         args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -1576,6 +1613,7 @@ def main(argv: list[str] | None = None) -> int:
             plot_format=args.plot_format,
             polish=args.polish,
             progress=True if args.progress else None,
+            field_unit=args.field_unit,
         )
     except OSError as e:  # output folder not writable and the like
         if args.verbose:

@@ -55,6 +55,10 @@ class Spectrum:
     title: str | None = None
     notes: tuple[str, ...] = ()
     metadata: dict = field(default_factory=dict)
+    #: a text file that names no field unit, none given (``field_unit``): gauss assumed.
+    #: (BES3T without XUNI and ESP without JUN are read in gauss, those formats' default
+    #: and EasySpin's, with a note only.)
+    field_unit_assumed: bool = False
 
     @property
     def n_points(self) -> int:
@@ -70,6 +74,8 @@ _TEXT_EXT = (".txt", ".csv", ".asc", ".dat")
 _SUPPORTED = ".DSC/.DTA, .par/.spc, .txt/.csv/.asc/.dat"
 
 _FIELD_UNITS = {"g": 1.0, "gauss": 1.0, "mt": 10.0, "t": 1.0e4, "tesla": 1.0e4}
+#: the units ``field_unit`` accepts (the field unit of a file that names none)
+FIELD_UNITS = ("G", "mT", "T")
 _POWER_UNITS = {"w": 1.0e3, "mw": 1.0, "uw": 1.0e-3, "µw": 1.0e-3, "μw": 1.0e-3, "nw": 1.0e-6}
 _FREQ_UNITS = {"hz": 1.0e-9, "khz": 1.0e-6, "mhz": 1.0e-3, "ghz": 1.0}
 
@@ -119,6 +125,28 @@ def _find_companion(path: Path, ext: str, role: str, required: bool = True) -> P
             f"(looked for {ext.upper()}/{ext.lower()} beside it, any letter case)",
         )
     return None
+
+
+def _check_field_unit(field_unit: str | None) -> str | None:
+    """``field_unit`` as one of `FIELD_UNITS` (any case), None kept; else ValueError."""
+    if field_unit is None:
+        return None
+    for u in FIELD_UNITS:
+        if str(field_unit).strip().lower() == u.lower():
+            return u
+    raise ValueError(
+        f"field_unit {field_unit!r} is not a field unit; expected one of "
+        f"{', '.join(FIELD_UNITS)} (the unit of a file that names none)"
+    )
+
+
+def _unstated_unit(field_unit: str | None, notes: list[str], where: str) -> tuple[str, float]:
+    """(unit, gauss per unit) for a file that names no field unit, with a note saying which."""
+    if field_unit is None:
+        notes.append(f"{where}: field assumed to be in gauss")
+        return "G", 1.0
+    notes.append(f"{where}: field read in {field_unit} as asked (field_unit)")
+    return field_unit, _FIELD_UNITS[field_unit.lower()]
 
 
 def _field_factor(path: Path, unit: str, key: str) -> float:
@@ -218,6 +246,7 @@ def _make(
     modulation_amplitude_g: float | None,
     power_mw: float | None,
     title: str | None,
+    field_unit_assumed: bool = False,
 ) -> Spectrum:
     axis = np.ascontiguousarray(axis, dtype=np.float64)
     values = np.ascontiguousarray(values, dtype=np.float64)
@@ -239,6 +268,7 @@ def _make(
         title=title or None,
         notes=tuple(notes),
         metadata=dict(meta),
+        field_unit_assumed=field_unit_assumed,
     )
 
 
@@ -266,41 +296,49 @@ def _unquote(value: str) -> str:
 # --------------------------------------------------------------------------- #
 # public API
 # --------------------------------------------------------------------------- #
-def read_spectrum(path: str | os.PathLike, slice_index: int | None = 0) -> Spectrum:
+def read_spectrum(
+    path: str | os.PathLike, slice_index: int | None = 0, field_unit: str | None = None
+) -> Spectrum:
     """Read one spectrum from a BES3T, ESP/WinEPR or text file.
 
     ``slice_index`` selects the slice of a 2D file (BES3T, ESP/WinEPR or a 2D text
     export; default the first); ``None`` demands a 1D file and raises if the file
-    holds several slices.
+    holds several slices. ``field_unit`` (one of `FIELD_UNITS`) is the field's unit
+    where the file names none (no XUNI, no JUN, no unit in a text header); without it
+    such a file is read in gauss and the spectrum says so (``field_unit_assumed``). A
+    unit the file names always wins.
     """
+    field_unit = _check_field_unit(field_unit)
     p = Path(path)
     ext = p.suffix.lower()
     if ext in _BES3T_EXT + _ESP_EXT + _TEXT_EXT and not p.is_file():
         raise _err(p, f"file not found (looked for {p})")
     if ext in _BES3T_EXT:
-        return _BES3T(p).slice(slice_index)
+        return _BES3T(p, field_unit).slice(slice_index)
     if ext in _ESP_EXT:
-        return _ESP(p).slice(slice_index)
+        return _ESP(p, field_unit).slice(slice_index)
     if ext in _TEXT_EXT:
-        return _Text(p).slice(slice_index)
+        return _Text(p, field_unit).slice(slice_index)
     raise _err(p, f"unknown file type {p.suffix or '(none)'!r} (supported: {_SUPPORTED})")
 
 
-def read_all_slices(path: str | os.PathLike) -> list[Spectrum]:
-    """All slices of a (possibly 2D) BES3T or ESP/WinEPR file; one-element list for 1D and text."""
+def read_all_slices(path: str | os.PathLike, field_unit: str | None = None) -> list[Spectrum]:
+    """All slices of a (possibly 2D) BES3T, ESP/WinEPR or text file (``field_unit``: as
+    `read_spectrum`); a one-element list for a 1D file."""
+    field_unit = _check_field_unit(field_unit)
     p = Path(path)
     ext = p.suffix.lower()
     if ext in _BES3T_EXT + _ESP_EXT + _TEXT_EXT:
         if not p.is_file():
             raise _err(p, f"file not found (looked for {p})")
         if ext in _BES3T_EXT:
-            reader: _BES3T | _ESP | _Text = _BES3T(p)
+            reader: _BES3T | _ESP | _Text = _BES3T(p, field_unit)
         elif ext in _ESP_EXT:
-            reader = _ESP(p)
+            reader = _ESP(p, field_unit)
         else:
-            reader = _Text(p)
+            reader = _Text(p, field_unit)
         return [reader.slice(i) for i in range(reader.n_slices)]
-    return [read_spectrum(p)]
+    return [read_spectrum(p, field_unit=field_unit)]
 
 
 # --------------------------------------------------------------------------- #
@@ -349,7 +387,7 @@ def _parse_dsc(path: Path) -> dict:
 class _BES3T:
     """Parsed BES3T descriptor plus the size-checked data; slices built on demand."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, field_unit: str | None = None):
         if path.suffix.lower() == ".dsc":
             dsc = path
             dta = _find_companion(path, ".DTA", "data file")
@@ -357,6 +395,7 @@ class _BES3T:
             dta = path
             dsc = _find_companion(path, ".DSC", "descriptor file")
         self.dsc, self.dta = dsc, dta
+        self.field_unit = field_unit
         meta = _parse_dsc(dsc)
         self.meta = meta
         self.notes: list[str] = []
@@ -438,9 +477,11 @@ class _BES3T:
                 f"{what} has unit XUNI={xuni.strip()!r}, not a magnetic field{hint}; "
                 "expected a field sweep along x (XUNI G, mT or T)",
             )
-        factor = _field_factor(dsc, xuni, "XUNI") if "XUNI" in meta else 1.0
-        if "XUNI" not in meta:
-            self.notes.append("no XUNI in descriptor: field assumed to be in gauss")
+        if "XUNI" in meta:
+            factor = _field_factor(dsc, xuni, "XUNI")
+        else:
+            # gauss, the format's default (EasySpin's eprload too): a note, no warning
+            factor = _unstated_unit(self.field_unit, self.notes, "no XUNI in descriptor")[1]
         xtyp = meta.get("XTYP", "IDX").strip().upper()
         if xtyp == "IGD":
             xgf = _find_companion(self.dsc, ".XGF", "x-axis file", required=False)
@@ -558,7 +599,7 @@ def _parse_par(path: Path) -> dict:
 class _ESP:
     """Parsed ESP/WinEPR ``.par`` plus the size-checked ``.spc``; 2D (JSS bit 4096) by slice."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, field_unit: str | None = None):
         if path.suffix.lower() == ".par":
             par, spc = path, _find_companion(path, ".SPC", "data file")
         else:
@@ -671,8 +712,8 @@ class _ESP:
         elif from_xx and meta.get("XXUN", "").strip():
             factor = _field_factor(par, meta["XXUN"], "XXUN")
         else:
-            factor = 1.0
-            notes.append("no JUN in .par: field assumed to be in gauss")
+            # gauss, the format's default (EasySpin's eprload too): a note, no warning
+            factor = _unstated_unit(field_unit, notes, "no JUN in .par")[1]
         self.axis = np.linspace(start, start + width, nx) * factor  # type: ignore[operator]
 
         self.y_values = None
@@ -799,8 +840,9 @@ class _Text:
     into slices as well.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, field_unit: str | None = None):
         self.path = path
+        self.field_unit = field_unit
         lines = _read_text_lines(path, "a text export (columns of numbers)")
         self.decimal_comma = _uses_decimal_comma(lines)
         split_re = _DECIMAL_COMMA_SPLIT if self.decimal_comma else _SPLIT_RE
@@ -848,10 +890,19 @@ class _Text:
                 f"line {lineno} is not numeric ({s[:40]!r}); expected only data rows after the header",
             )
         if not blocks:
+            text = [(i, t.strip()) for i, t in enumerate(lines, 1) if t.strip()]
+            # show a line with numbers and text (a table with a text column), else the first
+            shown = next((x for x in text if re.search(r"\d", x[1])), text[0] if text else None)
+            seen = (
+                f"{'each of its ' + str(len(text)) + ' non-empty lines has' if len(text) > 1 else 'its one line has'} text in it (line {shown[0]}: "
+                f"{shown[1][:60]!r})"
+                if shown
+                else "it holds no data"
+            )
             raise _err(
                 path,
-                "no numeric data rows found; expected 2 (field, intensity) or 3 (index, field, "
-                "intensity) columns",
+                f"no numeric data rows found: {seen}; expected 2 (field, intensity) or 3 "
+                "(index, field, intensity) numeric columns per row",
             )
         self.notes: list[str] = []
         if self.decimal_comma:
@@ -922,9 +973,9 @@ class _Text:
                 )
         if unit is None and header:
             unit = _unit_in("\n".join(header))
+        self.unit_assumed = unit is None and self.field_unit is None
         if unit is None:
-            unit = "G"
-            notes.append("no field unit in header: gauss assumed")
+            unit = _unstated_unit(self.field_unit, notes, "no field unit in header")[0]
         self.unit = unit
         self.factor = _field_factor(path, unit, "field unit")
         self.fcol, self.icol, self.ncol, self.names = fcol, icol, ncol, names
@@ -1004,4 +1055,5 @@ class _Text:
             modulation_amplitude_g=None,
             power_mw=None,
             title=None,
+            field_unit_assumed=self.unit_assumed,
         )

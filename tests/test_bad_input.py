@@ -393,7 +393,9 @@ def test_bad_file_in_infer_is_a_row_error_exit_1(ckpt, tmp_path, capsys, case, e
         assert text in line, (text, line)
     assert digests(tmp_path / "in") == before
     rows = (tmp_path / "o" / "predictions.csv").read_text()
-    assert "good.txt" in rows and ",ok," in rows and ",error," in rows
+    # read ("unreliable": the small test model's reconstruction), the bad one an error
+    assert "good.txt" in rows and ",error," in rows
+    assert ",ok," in rows or ",unreliable," in rows
 
 
 @pytest.mark.parametrize(
@@ -437,7 +439,7 @@ def test_descending_field_axis_gives_the_ascending_prediction(ckpt, tmp_path, ca
     down = _text_spectrum(tmp_path, "down.txt", field[::-1], _line(field)[::-1])
     assert read_spectrum(down).sweep_direction == "down"
     rows = infer.infer_files([up, down], ckpt, tmp_path / "o", plots=False, quiet=True)
-    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert [r["status"] != "error" for r in rows] == [True, True]
     for name in ("B0", "dB", "p"):
         assert rows[0][name] == pytest.approx(rows[1][name], rel=1e-9, abs=1e-12), name
     assert rows[0]["coverage"] == rows[1]["coverage"] == 1.0

@@ -203,11 +203,12 @@ def test_simulated_text_file_matches_predict_arrays(model, tmp_path):
             )
         files.append(f)
     rows = infer.infer_files(files, model, tmp_path / "out", plots=False, quiet=True)
-    assert [r["status"] for r in rows] == ["ok"] * 3, [r.get("error") for r in rows]
+    # read (this small test model's reconstruction may be "unreliable": not the point here)
+    assert all(r["status"] != "error" for r in rows), [r.get("error") for r in rows]
     got = np.array([[r["B0"], r["dB"], r["p"]] for r in rows])
     want = infer.predict_arrays(model, normalise(x).numpy())
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    assert all(r["status"] == "ok" and r["coverage"] == 1.0 for r in rows)
+    assert all(r["coverage"] == 1.0 for r in rows)
     # a full-coverage simulated line is reconstructed with a positive amplitude
     # in file units (the file holds a peak-to-peak-1 spectrum)
     assert all(np.isfinite(r["amplitude"]) for r in rows)
@@ -236,7 +237,7 @@ def test_reconstruction_recovers_amplitude_and_baseline(model):
 def test_strong1_outputs_and_coverage_warning(model, tmp_path):
     out = tmp_path / "out"
     rows = infer.infer_files([_real(STRONG1)], model, out, quiet=True)
-    assert len(rows) == 1 and rows[0]["status"] == "ok"
+    assert len(rows) == 1 and rows[0]["status"] != "error"
     table = _read_csv(out / "predictions.csv")
     assert [r["file"] for r in table] == ["strong1.dta"]
     for name in ("B0", "dB", "p", "amplitude", "baseline_offset", "baseline_slope"):
@@ -291,7 +292,7 @@ def test_missing_file_error_row_exit_1_no_plots(ckpt, tmp_path, capsys):
     assert "error: missing.dta: file not found" in captured.err
     assert "Traceback" not in captured.err
     table = _read_csv(out / "predictions.csv")
-    assert [r["status"] for r in table] == ["error", "ok"]
+    assert [r["status"] != "error" for r in table] == [False, True]
     assert "file not found" in table[0]["error"]
     assert not list(out.glob("*.png")) and not list(out.glob("*.svg"))
     _no_tmp_left(out)
@@ -443,7 +444,7 @@ def test_polish_plumbing_with_a_stub_fitter(model, tmp_path, monkeypatch):
         [_real(STRONG1)], model, tmp_path, plots=False, polish=True, quiet=True
     )
     assert "polish skipped: dysonian_pl.fitting is not available" in rows[0]["warnings"]
-    assert rows[0]["status"] == "ok" and np.isnan(rows[0]["lsq_p"])
+    assert rows[0]["status"] != "error" and np.isnan(rows[0]["lsq_p"])
 
 
 # --------------------------------------------------------------------------- #
@@ -482,7 +483,7 @@ def test_relative_window_maps_sweep_and_sigma(rel_model, tmp_path, monkeypatch):
     ]
     out = tmp_path / "out"
     rows = infer.infer_files(files, rel_model, out, plots=True, quiet=True)
-    assert [r["status"] for r in rows] == ["ok", "ok"], [r.get("error") for r in rows]
+    assert [r["status"] != "error" for r in rows] == [True, True], [r.get("error") for r in rows]
     w0, w1 = rel_model.sim.window
     rel = []
     for row, f, (lo, hi) in zip(rows, files, sweeps, strict=True):
@@ -604,7 +605,8 @@ def test_p_twin_warnings_follow_the_fold(rel_model):
     )
     # no twin (p below 1.55), but the interval reaches the fold
     assert warn(1.2, 0.8) == (
-        "p = 1.2 ± 0.8 reaches the fold at p = 2.654 (plate) beyond which lines repeat the "
+        "p = 1.2 ± 0.8: p ± 2 sigma (-0.4 to 2.8) reaches the fold at p = 2.654 (plate) "
+        "beyond which lines repeat the "
         "shapes of smaller p: the shape alone cannot tell them apart"
     )
     assert warn(0.5, 0.05) is None and warn(0.5, float("nan")) is None

@@ -270,14 +270,51 @@ def test_p_twin_column_and_warning_on_simulated_plate_lines(tmp_path: Path) -> N
     assert doc["rows"][0]["p_twin"] is None and "p_twin" in doc["units"]
 
 
+def test_a_file_without_a_field_unit_is_warned_and_field_unit_reads_it(
+    tmp_path: Path, capsys
+) -> None:
+    """A headerless two-column export in mT (common) is read in gauss with a warning that
+    names --field-unit; with --field-unit mT it reads B0 and dB in gauss correctly."""
+    field_mT = np.linspace(330.0, 345.0, 1500)
+    truth = (337.5, 1.0, 0.8)  # mT, mT, p
+    line = dysonian(field_mT, *truth, "plate")
+    f = tmp_path / "bare.txt"
+    f.write_text("".join(f"{b:.4f}\t{v:.8e}\n" for b, v in zip(field_mT, line, strict=True)))
+    (row,) = infer.infer_files([f], infer.load_pretrained("plate"), tmp_path / "g", plots=False)
+    assert row["status"] == "ok" and row["B0"] == pytest.approx(337.5, abs=0.1)
+    assert "the file names no field unit, so its field was read in gauss" in row["warnings"]
+    assert "run again with --field-unit mT (or T)" in row["warnings"]
+    assert row["reader_notes"] == "no field unit in header: field assumed to be in gauss"
+    assert "--field-unit mT" in capsys.readouterr().err
+    rc = infer.main([str(f), "--field-unit", "mT", "--out", str(tmp_path / "mT"), "--no-plots"])
+    assert rc == 0
+    (row,) = json.loads((tmp_path / "mT" / "predictions.json").read_text())["rows"]
+    assert row["B0"] == pytest.approx(3375.0, abs=1.0) and row["dB"] == pytest.approx(
+        10.0, rel=0.05
+    )
+    assert "field unit" not in row["warnings"]
+    assert row["reader_notes"] == "no field unit in header: field read in mT as asked (field_unit)"
+    with open(tmp_path / "mT" / "predictions.csv", newline="") as fh:
+        lines = fh.read().splitlines()
+    assert any(line.startswith("# reader_notes: ") for line in lines)
+    assert "reader_notes" in lines[[not x.startswith("#") for x in lines].index(True)].split(",")
+    assert infer.main([str(f), "--field-unit", "mG", "--out", str(tmp_path / "x")]) == 2
+    assert "--field-unit: invalid choice: 'mG'" in capsys.readouterr().err
+
+
 def test_infer_says_when_a_spectrum_is_not_one_line(tmp_path: Path) -> None:
     field = np.linspace(3300.0, 3500.0, 2048)
     three = sum(dysonian(field, b, 4.0, 0.3, "plate") for b in (3350.0, 3400.0, 3450.0))
     f = _write_text_spectrum(tmp_path / "triplet.csv", field, three)
     (row,) = infer.infer_files([f], infer.default_checkpoint(), tmp_path / "out", plots=False)
-    assert row["status"] == "ok"
+    # read, numbers kept, but the status says not to trust them (a filter on status drops it)
+    assert row["status"] == "unreliable" and np.isfinite(row["B0"])
     assert row["rms_residual"] > infer.RMS_WARN or row["explained"] < infer.EXPLAINED_WARN
     assert "not one line of this model's kind" in row["warnings"]
+    with open(tmp_path / "out" / "predictions.csv", newline="") as fh:
+        (csv_row,) = csv.DictReader(line for line in fh if not line.startswith("#"))
+    assert csv_row["status"] == "unreliable"
+    assert "unreliable, " in infer.markdown_table([row], ("B0", "dB", "p"))
 
 
 @pytest.mark.skipif(not REAL.is_dir(), reason="shared/data/real_spectra not beside the repo")
@@ -292,7 +329,12 @@ def test_infer_with_no_checkpoint_on_every_real_file(tmp_path: Path, capsys) -> 
     assert rc == 0
     doc = json.loads((tmp_path / "predictions.json").read_text())
     rows = doc["rows"]
-    assert len(rows) == len(files) and all(r["status"] == "ok" for r in rows)
+    assert len(rows) == len(files)
+    # every file read; "unreliable" exactly where one line does not explain it
+    for r in rows:
+        bad = "not one line of this model's kind" in r["warnings"]
+        assert r["status"] == ("unreliable" if bad else "ok"), r["file"]
+    assert sum(r["status"] == "ok" for r in rows) >= 5  # strong1, BDPA, LiLiF-Q, Sample-X, ...
     for r in rows:
         for k in ("B0", "dB", "p", "B0_sigma", "dB_sigma", "p_sigma"):
             assert np.isfinite(r[k]), (r["file"], k)
@@ -413,7 +455,9 @@ def test_a_multiplet_is_not_one_line_even_with_a_small_rms(tmp_path: Path) -> No
     )
     assert multiplet["rms_residual"] < infer.RMS_WARN and multiplet["explained"] < 0.05
     assert "not one line of this model's kind" in multiplet["warnings"]
+    assert multiplet["status"] == "unreliable"
     assert single["explained"] > 0.95 and "not one line" not in single["warnings"]
+    assert single["status"] == "ok"
     doc = json.loads((tmp_path / "predictions.json").read_text())
     assert "explained" in doc["units"] and doc["rows"][1]["explained"] == pytest.approx(
         single["explained"]
@@ -428,7 +472,7 @@ def test_an_unphysical_p_is_named_as_such(tmp_path: Path) -> None:
     (row,) = infer.infer_files(
         [f], infer.load_pretrained("plate"), tmp_path, plots=False, quiet=True
     )
-    assert row["status"] == "ok" and row["p"] < 0
+    assert row["status"] == "unreliable" and row["p"] < 0
     assert "is not physical (p > 0)" in row["warnings"]
     assert "outside the training range" not in row["warnings"]
     assert row["explained"] < infer.EXPLAINED_WARN

@@ -465,7 +465,38 @@ def test_text_two_columns_default_gauss(tmp_path):
     path.write_text("3400 1.0\n3401 2.0\n3402 3.0\n")
     s = read_spectrum(path)
     assert np.array_equal(s.field, [3400.0, 3401.0, 3402.0])
-    assert any("gauss assumed" in n for n in s.notes)
+    assert "no field unit in header: field assumed to be in gauss" in s.notes
+    assert s.field_unit_assumed
+
+
+def test_field_unit_for_files_that_name_none(tmp_path):
+    """field_unit says what a file without a unit is in; a unit the file names wins."""
+    bare = tmp_path / "bare.txt"
+    bare.write_text("337.0\t1.0\n337.5\t-1.0\n338.0\t0.5\n")
+    s = read_spectrum(bare, field_unit="mT")
+    assert np.allclose(s.field, [3370.0, 3375.0, 3380.0]) and not s.field_unit_assumed
+    assert "no field unit in header: field read in mT as asked (field_unit)" in s.notes
+    assert read_spectrum(bare, field_unit="t").field[0] == pytest.approx(3.37e6)
+    named = tmp_path / "named.txt"
+    named.write_text("Field [G]\tIntensity\n3370\t1\n3375\t-1\n")
+    s = read_spectrum(named, field_unit="mT")
+    assert np.array_equal(s.field, [3370.0, 3375.0]) and not s.field_unit_assumed
+    # BES3T without XUNI, and with it
+    y = np.zeros(11, ">f8") + 1
+    dsc = _write_bes3t(tmp_path, "nox", y, XPTS="11", XMIN="337.5", XWID="5", XUNI=None)
+    s = read_spectrum(dsc)  # gauss, the format's default: a note, not flagged
+    assert s.field[0] == pytest.approx(337.5) and not s.field_unit_assumed
+    assert "no XUNI in descriptor: field assumed to be in gauss" in s.notes
+    s = read_spectrum(dsc, field_unit="mT")
+    assert s.field[-1] == pytest.approx(3425.0) and not s.field_unit_assumed
+    [only] = read_all_slices(dsc, field_unit="mT")
+    assert only.field[0] == pytest.approx(3375.0)
+    dsc = _write_bes3t(tmp_path, "g", y, XPTS="11", XMIN="3375", XWID="50")
+    assert read_spectrum(dsc, field_unit="mT").field[0] == pytest.approx(3375.0)
+    with pytest.raises(
+        ValueError, match="field_unit 'mG' is not a field unit; expected one of G, mT, T"
+    ):
+        read_spectrum(bare, field_unit="mG")
 
 
 @pytest.mark.parametrize(

@@ -648,7 +648,7 @@ def json_safe(obj):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .readers import SpectrumFileError, read_spectrum
+    from .readers import FIELD_UNITS, SpectrumFileError, read_spectrum
 
     ap = argparse.ArgumentParser(
         prog="python -m dysonian_pl lsq",
@@ -657,6 +657,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("files", nargs="+", help="BES3T (.DSC/.DTA), ESP/WinEPR (.par/.spc) or text")
     ap.add_argument("--geometry", choices=GEOMETRIES, default="plate")
     ap.add_argument("--start", choices=("data", "naive"), default="data")
+    ap.add_argument(
+        "--field-unit",
+        choices=FIELD_UNITS,
+        help="the field unit of files that name none (default: gauss, with a warning for a "
+        "text export)",
+    )
     ap.add_argument("--out", help="write a CSV of the results here")
     ap.add_argument("--json", help="write a JSON of the results here")
     args = ap.parse_args(argv)
@@ -666,7 +672,14 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.files:
         name = str(path)
         try:
-            spec = read_spectrum(path)
+            spec = read_spectrum(path, field_unit=args.field_unit)
+            if spec.field_unit_assumed:
+                print(
+                    f"warning: {Path(path).name}: the file names no field unit, so its field "
+                    "was read in gauss: if it is in mT or T, run again with --field-unit mT "
+                    "(or T)",
+                    file=sys.stderr,
+                )
             r = fit_spectrum(spec.field, spec.intensity, geometry=args.geometry, start=args.start)
         except (SpectrumFileError, ValueError) as exc:
             msg = " ".join(str(exc).split())

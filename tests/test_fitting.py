@@ -273,3 +273,21 @@ def test_lsq_main_bad_file_continues(tmp_path, capsys):
     rows = list(csv.DictReader(out.open()))
     assert rows[0]["error"] and not rows[1]["error"]
     assert main([str(bad)]) == 2
+
+
+def test_lsq_field_unit_for_a_text_file_without_one(tmp_path, capsys):
+    """A headerless mT export: read in gauss with a warning, or in mT with --field-unit."""
+    field_mT = np.linspace(330.0, 345.0, 1500)
+    f = tmp_path / "bare.txt"
+    line = dysonian(field_mT, 337.5, 1.0, 0.8, "plate")
+    f.write_text("".join(f"{b:.4f}\t{v:.8e}\n" for b, v in zip(field_mT, line, strict=True)))
+    out = tmp_path / "g.csv"
+    assert main([str(f), "--out", str(out)]) == 0
+    assert "run again with --field-unit mT (or T)" in capsys.readouterr().err
+    (row,) = csv.DictReader(out.open())
+    assert float(row["B0"]) == pytest.approx(337.5, abs=0.01)
+    assert main([str(f), "--field-unit", "mT", "--out", str(out)]) == 0
+    assert "field unit" not in capsys.readouterr().err
+    (row,) = csv.DictReader(out.open())
+    assert float(row["B0"]) == pytest.approx(3375.0, abs=0.1)
+    assert float(row["dB"]) == pytest.approx(10.0, rel=1e-3)

@@ -40,6 +40,7 @@ import math
 import os
 import pickle
 import sys
+import textwrap
 import time
 import zipfile
 from dataclasses import dataclass
@@ -1047,7 +1048,9 @@ def _overlay_png(
     top, bottom = fig.subplots(
         2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1], "hspace": 0.08}
     )
-    fig.subplots_adjust(left=0.12, right=0.97, top=0.93, bottom=0.1)
+    # a long title on two lines, not clipped (about 95 characters fit at 9 pt)
+    title = textwrap.fill(title, 95)
+    fig.subplots_adjust(left=0.12, right=0.97, top=0.93 - 0.03 * title.count("\n"), bottom=0.1)
     m = np.where(covered, measured, np.nan)
     top.plot(axis, m, lw=1.0, color="0.2", label="measured (resampled, normalised)")
     top.plot(axis, recon, lw=1.2, color="C3", label="reconstructed")
@@ -1461,6 +1464,8 @@ def infer_files(
                     _fmt_value(n, float(v), float(e) if with_sigma else None)
                     for n, v, e in zip(names, params, sigma, strict=True)
                 )
+                if row["status"] == "unreliable":
+                    title += "  (unreliable: not one line of this kind)"
                 draw = _overlay_png if plot_format == "png" else overlay_svg
                 image = draw(axis, prep.spectrum, fit.reconstructed_norm, covered, title)
                 _atomic_write(out / plot_names[i], image)

@@ -306,7 +306,9 @@ def test_infer_says_when_a_spectrum_is_not_one_line(tmp_path: Path) -> None:
     field = np.linspace(3300.0, 3500.0, 2048)
     three = sum(dysonian(field, b, 4.0, 0.3, "plate") for b in (3350.0, 3400.0, 3450.0))
     f = _write_text_spectrum(tmp_path / "triplet.csv", field, three)
-    (row,) = infer.infer_files([f], infer.default_checkpoint(), tmp_path / "out", plots=False)
+    (row,) = infer.infer_files([f], infer.default_checkpoint(), tmp_path / "out")
+    svg = (tmp_path / "out" / row["plot"]).read_text()
+    assert "(unreliable: not one line of this kind)</title>" in svg
     # read, numbers kept, but the status says not to trust them (a filter on status drops it)
     assert row["status"] == "unreliable" and np.isfinite(row["B0"])
     assert row["rms_residual"] > infer.RMS_WARN or row["explained"] < infer.EXPLAINED_WARN

@@ -51,7 +51,7 @@ import numpy as np
 
 from . import CHECKPOINT_FORMAT, __version__
 from .atomic import atomic_open
-from .calibration import apply_calibration, beyond_range
+from .calibration import apply_bias, apply_calibration, beyond_range
 from .lineshapes import ad_ratio, dysonian, joshi, p_fold, p_twin
 from .npnet import ModelFileError, NumpyPredictor, load_npz, sha256_of
 from .params import GEOMETRIES, PARAMETERS, field_axis
@@ -433,8 +433,9 @@ def read_zoomed(
     The sigmas are multiplied by the checkpoint's ``sigma_calibration`` table, if it has
     one (`calibration.apply_calibration`: a factor log-linear in the line's position in
     the window each parameter was read on, its relative width and p / p_fold,
-    fitted by ``python -m dysonian_pl calibrate`` on spectra read this way), unless
-    `calibrated` is False.
+    fitted by ``python -m dysonian_pl calibrate`` on spectra read this way), after dB
+    is corrected for the mean error the table found there (`calibration.apply_bias`),
+    unless `calibrated` is False.
     """
     n = len(first)
     n_out = len(model.names)
@@ -470,6 +471,7 @@ def read_zoomed(
     beyond = np.zeros((n, n_out), dtype=bool)
     if calibrated and table and np.isfinite(sigmas).all():
         beyond = beyond_range(table, sigmas, windows)
+        values = apply_bias(table, values, windows, was_zoomed)
         sigmas = apply_calibration(table, values, sigmas, windows, was_zoomed)
     return values, sigmas, windows, zoomed, beyond
 

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 from dysonian_pl.calibration import (
+    DEBIASED,
     FEATURES,
     ONE_SIGMA,
     SHARED,
     TWO_SIGMA,
+    apply_bias,
     apply_calibration,
     beyond_range,
     features,
@@ -83,16 +85,17 @@ def test_features_from_predictions():
 def test_fit_and_apply_restore_coverage_where_one_factor_cannot():
     values, sigmas, truth, windows, zoomed, _, _ = _synthetic(40000)
     cal = fit_calibration(values, sigmas, truth, windows, zoomed, "plate")
-    assert cal["version"] == 6 and cal["features"] == list(FEATURES)
+    assert cal["version"] == 7 and cal["features"] == list(FEATURES)
     assert len(cal["s_centres"]) == 3
-    # the learned log-factor of B0 follows the one that made the errors
+    # the learned log-factor of B0 follows the one that made the errors: 0.8 r, so its
+    # polynomial in r rises by 0.8 from r = 0 to r = 1
     w = np.asarray(cal["weights"])[0]
-    assert w[FEATURES.index("r")] + w[FEATURES.index("r^2")] + w[FEATURES.index("r^3")] == (
-        pytest.approx(0.8, abs=0.15)
-    )
+    rise = sum(w[FEATURES.index(n)] for n in ("r", "r^2", "r^3"))
+    assert rise == pytest.approx(0.8, abs=0.15)
     assert w[FEATURES.index("zoomed")] == pytest.approx(-0.7, abs=0.15)
     # a fresh draw of the same law: coverage near nominal overall and in every slice
     v2, s2, t2, w2, z2, _, _ = _synthetic(40000, seed=1)
+    v2 = apply_bias(cal, v2, w2, z2)  # as infer reads: dB corrected first
     after = apply_calibration(cal, v2, s2, w2, z2)
     err = np.abs(v2 - t2)
     r = t2[:, 2] / p_fold("plate")
@@ -103,6 +106,43 @@ def test_fit_and_apply_restore_coverage_where_one_factor_cannot():
     # one overall factor would not: the zoomed spectra are over-covered
     single = np.quantile(err / s2, ONE_SIGMA, axis=0)
     assert (err[z2] <= s2[z2] * single).mean() > 0.75
+
+
+def test_the_bias_of_db_is_learned_and_removed_within_its_fitted_range():
+    """dB read low by 0.5 % plus 1 % times p / p_fold (the networks' kind of bias, larger):
+    the fitted correction removes it on a fresh draw, B0 and p are left as they were,
+    the correction is bounded by its range over the fitting draw, and the sigmas are
+    calibrated on the corrected values."""
+    assert DEBIASED == (1,)
+    values, sigmas, truth, windows, zoomed, _, _ = _synthetic(20000)
+    law = lambda v, t: 1.0 - 0.005 - 0.01 * t[:, 2] / p_fold("plate")  # noqa: E731
+    values[:, 1] = truth[:, 1] * law(values, truth) + (values[:, 1] - truth[:, 1])
+    cal = fit_calibration(values, sigmas, truth, windows, zoomed, "plate")
+    assert cal["bias"][0] is None and cal["bias"][2] is None
+    lo, hi = cal["bias"][1]["clip"]
+    assert -0.005 < lo < 0.007 and 0.013 < hi < 0.025  # 1 / law - 1 spans 0.5-1.6 %
+    v2, s2, t2, w2, z2, _, _ = _synthetic(20000, seed=1)
+    v2[:, 1] = t2[:, 1] * law(v2, t2) + (v2[:, 1] - t2[:, 1])
+    fixed = apply_bias(cal, v2, w2, z2)
+    np.testing.assert_array_equal(fixed[:, [0, 2]], v2[:, [0, 2]])
+    rel_before = (v2[:, 1] - t2[:, 1]) / t2[:, 1]
+    rel_after = (fixed[:, 1] - t2[:, 1]) / t2[:, 1]
+    assert rel_before.mean() < -0.009 and abs(rel_after.mean()) < 0.0015  # 85 % of it gone
+    r = t2[:, 2] / p_fold("plate")
+    assert abs(rel_after[r > 0.8].mean()) < 0.002  # where the bias was largest (-1.3 %)
+    # far outside the fitting draw the correction stops at its range
+    odd = v2[:3].copy()
+    odd[:, 2] = [50.0, 80.0, 100.0]  # p / p_fold clipped to 3 by `features`: r^3 = 27
+    corr = apply_bias(cal, odd, w2[:3], z2[:3])[:, 1] / odd[:, 1] - 1.0
+    assert np.all((corr >= lo - 1e-12) & (corr <= hi + 1e-12))
+    # no table: unchanged; an old table: refused
+    np.testing.assert_array_equal(apply_bias(None, v2, w2, z2), v2)
+    with pytest.raises(ValueError, match="fit it again"):
+        apply_bias({**cal, "version": 6}, v2, w2, z2)
+    # the sigmas were calibrated on the corrected values: dB's coverage on them is nominal
+    after = apply_calibration(cal, fixed, s2, w2, z2)
+    c1, c2 = _coverage(np.abs(fixed - t2), after)
+    assert abs(c1[1] - ONE_SIGMA) < 0.03 and abs(c2[1] - TWO_SIGMA) < 0.02, (c1, c2)
 
 
 def test_each_parameter_is_calibrated_on_the_window_it_was_read_on():
@@ -165,7 +205,7 @@ def test_apply_without_calibration_is_identity_and_bad_input_is_refused():
         )
     with pytest.raises(ValueError, match="one shape"):
         fit_calibration(s, s, np.ones((2, 3)), w, z, "plate")
-    with pytest.raises(ValueError, match="at least 110"):
+    with pytest.raises(ValueError, match=f"at least {10 * len(FEATURES)}"):
         fit_calibration(s, s, s, w, z, "plate")
 
 
@@ -188,15 +228,18 @@ def test_calibrate_command_writes_a_checkpoint_infer_uses(tmp_path, capsys):
         "n": 1000, "seed": 3, "zoomed_fraction": [pytest.approx(z, abs=0.06) for z in (0.72, 0.35, 0.35)]
     }  # fmt: skip
     assert np.asarray(cal["weights"]).shape == (3, len(FEATURES))
-    # the new checkpoint's sigmas are the raw ones times exp(w . f); values unchanged
+    # the new checkpoint's dB is the raw one corrected (apply_bias), B0 and p unchanged;
+    # its sigmas are the raw ones times exp(w . f) of the corrected values
     model, shipped = infer.load_model(out), infer.load_model(src)
     cfg = PRESETS["set-4"]
     x = simulate(cfg.replace(n_points=model.sim.n_points), 0, 10**9 + np.arange(32))[0].numpy()
     axis = field_axis(cfg.replace(n_points=model.sim.n_points))
     v1, s1, w1 = infer.predict_zoomed(model, axis, x)
     v0, s0, w0 = infer.predict_zoomed(shipped, axis, x, calibrated=False)
-    np.testing.assert_array_equal(v1, v0)
+    np.testing.assert_array_equal(v1[:, [0, 2]], v0[:, [0, 2]])
     zoomed = w1[..., 1] - w1[..., 0] < 0.999 * (axis[-1] - axis[0])  # (N, 3)
+    np.testing.assert_allclose(v1, apply_bias(cal, v0, w1, zoomed), rtol=1e-12)
+    assert 0 < np.abs(v1[:, 1] / v0[:, 1] - 1).max() < 0.05
     np.testing.assert_allclose(s1, apply_calibration(cal, v1, s0, w1, zoomed), rtol=1e-12)
     assert not np.allclose(s1, s0)
     # too few spectra: a clear error, nothing written
@@ -222,7 +265,7 @@ def test_the_sigma_feature_corrects_sigmas_that_spread_too_little():
     w = np.asarray(cal["weights"])
     # log factor = log(true scale) - log(sigma) = log sigma + const: weight 1 on s
     assert w[0, FEATURES.index("s")] == pytest.approx(1.0, abs=0.05)
-    v2 = truth + rng.standard_normal((n, 3)) * scale
+    v2 = apply_bias(cal, truth + rng.standard_normal((n, 3)) * scale, windows, zoomed)
     after = apply_calibration(cal, v2, sigmas, windows, zoomed)
     err = np.abs(v2 - truth)
     small, large = sigmas[:, 0] < 1.0, sigmas[:, 0] > 3.0

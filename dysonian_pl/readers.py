@@ -73,7 +73,10 @@ _ESP_EXT = (".par", ".spc")
 _TEXT_EXT = (".txt", ".csv", ".asc", ".dat")
 _SUPPORTED = ".DSC/.DTA, .par/.spc, .txt/.csv/.asc/.dat"
 
-_FIELD_UNITS = {"g": 1.0, "gauss": 1.0, "mt": 10.0, "t": 1.0e4, "tesla": 1.0e4}
+# oersted: some instruments label the swept field H; 1 Oe gives 1 G in vacuum
+_FIELD_UNITS = {
+    "g": 1.0, "gauss": 1.0, "mt": 10.0, "t": 1.0e4, "tesla": 1.0e4, "oe": 1.0, "oersted": 1.0,
+}  # fmt: skip
 #: the units ``field_unit`` accepts (the field unit of a file that names none)
 FIELD_UNITS = ("G", "mT", "T")
 _POWER_UNITS = {"w": 1.0e3, "mw": 1.0, "uw": 1.0e-3, "µw": 1.0e-3, "μw": 1.0e-3, "nw": 1.0e-6}
@@ -156,7 +159,7 @@ def _field_factor(path: Path, unit: str, key: str) -> float:
         return _FIELD_UNITS[u]
     raise _err(
         path,
-        f"unsupported field unit {key}={unit.strip()!r}; expected G, mT or T "
+        f"unsupported field unit {key}={unit.strip()!r}; expected G, mT, T or Oe "
         "(a magnetic-field sweep)",
     )
 
@@ -773,6 +776,7 @@ _UNIT_PATTERNS = (
     (re.compile(r"(?<![A-Za-z])mT(?![A-Za-z])"), "mT"),
     (re.compile(r"\[\s*G\s*\]|\(\s*G\s*\)|(?i:\bgauss\b)"), "G"),
     (re.compile(r"\[\s*T\s*\]|\(\s*T\s*\)|(?i:\btesla\b)"), "T"),
+    (re.compile(r"\[\s*Oe\s*\]|\(\s*Oe\s*\)|(?i:\boersted\b)"), "Oe"),
 )
 
 

@@ -469,6 +469,14 @@ def test_text_two_columns_default_gauss(tmp_path):
     assert s.field_unit_assumed
 
 
+def test_a_field_in_oersted_is_read_as_gauss(tmp_path):
+    path = tmp_path / "oe.txt"
+    path.write_text("H (Oe)\tI\n3400\t1\n3401\t-1\n3402\t0.5\n")
+    s = read_spectrum(path, field_unit="mT")  # the file names its unit: it wins
+    assert np.array_equal(s.field, [3400.0, 3401.0, 3402.0]) and not s.field_unit_assumed
+    assert s.metadata["field_unit"] == "Oe"
+
+
 def test_field_unit_for_files_that_name_none(tmp_path):
     """field_unit says what a file without a unit is in; a unit the file names wins."""
     bare = tmp_path / "bare.txt"

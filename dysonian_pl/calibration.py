@@ -36,9 +36,9 @@ dB * (1 + w_b . f) with w_b the least-squares fit of the truth on that draw (sha
 features only; the correction bounded by its range there, so a line unlike any of them
 gets no larger one); `apply_bias` applies it, before `apply_calibration`, and the sigmas
 are fitted on, and apply to, the corrected values. On the `sets` draws it lowered dB's
-MAE by 15-32 % (set-4 0.395 -> 0.268 G). B0 and p are not corrected: the same fit
-lowered B0's MAE (set-2 2.0 -> 1.4 G) but left its sigmas too wide on four of the six
-sets (±1σ 0.73-0.87), and made p worse on the plate sets.
+MAE by 2-31 % (set-4 0.395 -> 0.273 G, set-2 2.60 -> 2.53 G). B0 and p are not
+corrected: the same fit lowered B0's MAE (set-2 2.0 -> 1.4 G) but left its sigmas too
+wide on three of the six sets (±1σ 0.74-0.87), and made p worse on the plate sets.
 
 Beyond the simulated lines: the fitted factor is mostly below 1 (the network's own
 sigmas are wide) and, for p and dB read zoomed, barely depends on the sigma itself (on

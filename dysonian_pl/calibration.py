@@ -38,7 +38,7 @@ gets no larger one); `apply_bias` applies it, before `apply_calibration`, and th
 are fitted on, and apply to, the corrected values. On the `sets` draws it lowered dB's
 MAE by 2-31 % (set-4 0.395 -> 0.273 G, set-2 2.60 -> 2.53 G). B0 and p are not
 corrected: the same fit lowered B0's MAE (set-2 2.0 -> 1.4 G) but left its sigmas too
-wide on three of the six sets (±1σ 0.74-0.87), and made p worse on the plate sets.
+wide on three of the six sets (±1σ 0.74-0.87), and made p 20-65 % worse on the plate sets.
 
 Beyond the simulated lines: the fitted factor is mostly below 1 (the network's own
 sigmas are wide) and, for p and dB read zoomed, barely depends on the sigma itself (on

@@ -30,8 +30,9 @@ one factor can put them (`_closest_factor`).
 the checkpoint's ``dysonian_pl`` section as ``sigma_calibration``.
 
 The mean error, too (version 7): the networks read dB 0.3-0.7 % low on average over the
-simulated lines, by an amount that depends on the same features (up to 2 % near the
-fold and for wide lines). Before the sigmas are fitted, dB is corrected to
+simulated lines, by an amount that depends on the same features (up to 1.3 % for the
+plate ensemble and 3 % for the sphere, near the fold and for wide lines). Before the
+sigmas are fitted, dB is corrected to
 dB * (1 + w_b . f) with w_b the least-squares fit of the truth on that draw (shared
 features only; the correction bounded by its range there, so a line unlike any of them
 gets no larger one); `apply_bias` applies it, before `apply_calibration`, and the sigmas

@@ -106,7 +106,7 @@ def test_shipped_plate_ensemble_is_calibrated_and_read_in_numpy() -> None:
 def test_shipped_tables_are_current_and_correct_db_only_by_little(geometry: str) -> None:
     """The shipped models' calibration is this code's version (an old one would be
     refused at the first file), and its mean-error correction touches dB only, by a
-    few per cent at most (docs/model_card.md: -0.7 to +2.4 %)."""
+    few per cent at most (docs/model_card.md: -1.5 to +3.0 %)."""
     from dysonian_pl import calibration
 
     table = infer.load_pretrained(geometry).checkpoint_meta["sigma_calibration"]
@@ -114,7 +114,7 @@ def test_shipped_tables_are_current_and_correct_db_only_by_little(geometry: str)
     assert table["features"] == list(calibration.FEATURES)
     assert table["bias"][0] is None and table["bias"][2] is None
     lo, hi = table["bias"][1]["clip"]
-    assert -0.02 < lo < 0.0 < hi < 0.03, (lo, hi)
+    assert -0.02 < lo < 0.0 < hi < 0.035, (lo, hi)
 
 
 def test_stale_or_missing_npz_falls_back_to_the_checkpoint(tmp_path: Path, monkeypatch) -> None:

@@ -648,7 +648,7 @@ def json_safe(obj):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .readers import FIELD_UNITS, SpectrumFileError, read_spectrum
+    from .readers import FIELD_UNITS, UNIT_ASSUMED, SpectrumFileError, read_spectrum
 
     ap = argparse.ArgumentParser(
         prog="python -m dysonian_pl lsq",
@@ -675,10 +675,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = read_spectrum(path, field_unit=args.field_unit)
             if spec.field_unit_assumed:
                 print(
-                    f"warning: {Path(path).name}: the file names no field unit, so its field "
-                    "was read in gauss: if it is in mT or T, run again with --field-unit mT "
-                    "(or T)",
-                    file=sys.stderr,
+                    f"warning: {Path(path).name}: {UNIT_ASSUMED.format(where='')}", file=sys.stderr
                 )
             r = fit_spectrum(spec.field, spec.intensity, geometry=args.geometry, start=args.start)
         except (SpectrumFileError, ValueError) as exc:

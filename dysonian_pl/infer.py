@@ -56,7 +56,7 @@ from .lineshapes import ad_ratio, dysonian, joshi, p_fold, p_twin
 from .npnet import ModelFileError, NumpyPredictor, load_npz, sha256_of
 from .params import GEOMETRIES, PARAMETERS, field_axis
 from .preprocess import normalise, prepare_real
-from .readers import FIELD_UNITS, SpectrumFileError, read_spectrum
+from .readers import FIELD_UNITS, UNIT_ASSUMED, SpectrumFileError, read_spectrum
 from .svgplot import overlay_svg
 
 if TYPE_CHECKING:  # torch is imported only for a .ckpt (see the module docstring)
@@ -1410,11 +1410,7 @@ def infer_files(
                 sigmas=sigma if with_sigma else None,
             )
             if spec.field_unit_assumed:
-                warns.append(
-                    f"the file names no field unit, so its field was read in gauss (sweep "
-                    f"{sweep_lo:.6g}-{sweep_hi:.6g} G): if it is in mT or T, run again with "
-                    "--field-unit mT (or T)"
-                )
+                warns.append(UNIT_ASSUMED.format(where=f" (sweep {sweep_lo:.6g}-{sweep_hi:.6g} G)"))
             unsure = [n for n, b in zip(names, beyond[k], strict=True) if b]
             if unsure:
                 warns.append(

@@ -79,6 +79,11 @@ _FIELD_UNITS = {
 }  # fmt: skip
 #: the units ``field_unit`` accepts (the field unit of a file that names none)
 FIELD_UNITS = ("G", "mT", "T")
+#: what `infer` and `lsq` say about a spectrum with ``field_unit_assumed``
+UNIT_ASSUMED = (
+    "the file names no field unit, so its field was read in gauss{where}: if it is in mT "
+    "or T, run again with --field-unit mT (or T)"
+)
 _POWER_UNITS = {"w": 1.0e3, "mw": 1.0, "uw": 1.0e-3, "µw": 1.0e-3, "μw": 1.0e-3, "nw": 1.0e-6}
 _FREQ_UNITS = {"hz": 1.0e-9, "khz": 1.0e-6, "mhz": 1.0e-3, "ghz": 1.0}
 

@@ -902,9 +902,13 @@ class _Text:
             text = [(i, t.strip()) for i, t in enumerate(lines, 1) if t.strip()]
             # show a line with numbers and text (a table with a text column), else the first
             shown = next((x for x in text if re.search(r"\d", x[1])), text[0] if text else None)
+            which = (
+                f"each of its {len(text)} non-empty lines has"
+                if len(text) > 1
+                else ("its one line has")
+            )
             seen = (
-                f"{'each of its ' + str(len(text)) + ' non-empty lines has' if len(text) > 1 else 'its one line has'} text in it (line {shown[0]}: "
-                f"{shown[1][:60]!r})"
+                f"{which} text in it (line {shown[0]}: {shown[1][:60]!r})"
                 if shown
                 else "it holds no data"
             )

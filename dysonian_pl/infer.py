@@ -1,7 +1,8 @@
 """Inference on measured spectra: read files, predict (B0, dB, p), reconstruct, report.
 
 ``python -m dysonian_pl infer FILES_OR_GLOBS... --ckpt model.ckpt`` reads every file
-(BES3T, ESP/WinEPR, text), prepares it exactly as training data are prepared
+(BES3T, ESP/WinEPR, Magnettech, CIQTEK, Adani, Active Spectrum, text: `readers`),
+prepares it exactly as training data are prepared
 (`preprocess.prepare_real`: finite points, ascending field, median baseline,
 resampling onto the model's axis, polarity rule, peak-to-peak 1), predicts the line
 parameters with the CNN, and rebuilds the predicted line in the file's units by a
@@ -56,7 +57,13 @@ from .lineshapes import ad_ratio, dysonian, joshi, p_fold, p_twin
 from .npnet import ModelFileError, NumpyPredictor, load_npz, sha256_of
 from .params import GEOMETRIES, PARAMETERS, field_axis
 from .preprocess import normalise, prepare_real
-from .readers import FIELD_UNITS, UNIT_ASSUMED, SpectrumFileError, read_spectrum
+from .readers import (
+    FIELD_UNITS,
+    UNIT_ASSUMED,
+    SpectrumFileError,
+    looks_like_spectrum,
+    read_spectrum,
+)
 from .svgplot import overlay_svg
 
 if TYPE_CHECKING:  # torch is imported only for a .ckpt (see the module docstring)
@@ -168,8 +175,7 @@ def zoom_window(
 
 # pickle header of torch's legacy (non-zip) serialisation: protocol 2 + its magic number
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
-# file extensions read_spectrum understands, and which of them are companions of another
-_SPECTRUM_EXT = (".dsc", ".dta", ".par", ".spc", ".txt", ".csv", ".asc", ".dat")
+# which spectrum file extensions are companions of another
 _COMPANION_OF = {".dta": ".dsc", ".spc": ".par"}  # data file -> descriptor read instead
 
 UNITS = {
@@ -998,7 +1004,7 @@ def expand_inputs(
             continue
         pattern = os.path.join(glob.escape(s), "**", "*") if folder else s
         matches = sorted(m for m in glob.glob(pattern, recursive=True) if os.path.isfile(m))
-        matches = [m for m in matches if os.path.splitext(m)[1].lower() in _SPECTRUM_EXT]
+        matches = [m for m in matches if looks_like_spectrum(m)]
         lower = {os.path.normcase(m).lower() for m in matches}
         kept = []
         for m in matches:

@@ -15,6 +15,19 @@ Formats:
   a field column whose unit is a time/frequency/... is refused. WinEPR's 2D export
   ("Slice N" blocks) and long 2D tables (a y column constant along each sweep) are
   read slice by slice.
+* Magnettech ESRStudio ``.xml`` (MS-5000, ESR5000): the ``MW_Absorption`` curve
+  against the ``BField`` curve (the Hall probe's record in time) interpolated at the
+  signal's times, cut to the recipe's Bfrom..Bto (as EasySpin's eprload and cwepr do;
+  checked identical to cwepr's importer on its test files). Kinetic and field-hold
+  recipes are refused.
+* CIQTEK ``.epr`` (JSON): each ``dataStore.lineDataList`` trace is a slice, its
+  ``ReData`` (field, in-phase) pairs the spectrum; the field unit from ``xAxisName``.
+  A 7-Zip-packed ``.epr`` gets an error that says to extract it.
+* Adani e-Spinoza ``.json``: per field point, the detector's samples over one
+  modulation period projected on sin(2 pi k/n + Phase) (EasySpin's eprload, from
+  Adani's documentation); the axis from CenterMagneticField and SweepWidth (mT).
+* Active Spectrum ``.ESR``: tab-separated header, ``FIELD (G)``, then field, averaged
+  intensity and the single sweeps; the averaged column is read.
 
 Every spectrum comes back with its field axis in gauss **in file order** (no
 sorting; ``sweep_direction`` says which way it runs) and a float64 real intensity.
@@ -33,7 +46,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Spectrum", "SpectrumFileError", "read_spectrum", "read_all_slices"]
+__all__ = [
+    "Spectrum",
+    "SpectrumFileError",
+    "read_spectrum",
+    "read_all_slices",
+    "SPECTRUM_SUFFIXES",
+    "looks_like_spectrum",
+]
 
 
 class SpectrumFileError(ValueError):
@@ -71,7 +91,14 @@ class Spectrum:
 _BES3T_EXT = (".dsc", ".dta")
 _ESP_EXT = (".par", ".spc")
 _TEXT_EXT = (".txt", ".csv", ".asc", ".dat")
-_SUPPORTED = ".DSC/.DTA, .par/.spc, .txt/.csv/.asc/.dat"
+_MAGNETTECH_EXT = (".xml",)
+_CIQTEK_EXT = (".epr",)
+_ADANI_EXT = (".json",)
+_ACTIVE_SPECTRUM_EXT = (".esr",)
+_SUPPORTED = (
+    ".DSC/.DTA, .par/.spc, .xml (Magnettech), .epr (CIQTEK), .json (Adani), "
+    ".ESR (Active Spectrum), .txt/.csv/.asc/.dat"
+)
 
 # oersted: some instruments label the swept field H; 1 Oe gives 1 G in vacuum
 _FIELD_UNITS = {
@@ -307,46 +334,36 @@ def _unquote(value: str) -> str:
 def read_spectrum(
     path: str | os.PathLike, slice_index: int | None = 0, field_unit: str | None = None
 ) -> Spectrum:
-    """Read one spectrum from a BES3T, ESP/WinEPR or text file.
+    """Read one spectrum from a file of any format above (by its extension).
 
-    ``slice_index`` selects the slice of a 2D file (BES3T, ESP/WinEPR or a 2D text
-    export; default the first); ``None`` demands a 1D file and raises if the file
+    ``slice_index`` selects the slice of a 2D file (BES3T, ESP/WinEPR, CIQTEK, Adani or
+    a 2D text export; default the first); ``None`` demands a 1D file and raises if the file
     holds several slices. ``field_unit`` (one of `FIELD_UNITS`) is the field's unit
     where the file names none (no XUNI, no JUN, no unit in a text header); without it
     such a file is read in gauss and the spectrum says so (``field_unit_assumed``). A
     unit the file names always wins.
     """
-    field_unit = _check_field_unit(field_unit)
-    p = Path(path)
-    ext = p.suffix.lower()
-    if ext in _BES3T_EXT + _ESP_EXT + _TEXT_EXT and not p.is_file():
-        raise _err(p, f"file not found (looked for {p})")
-    if ext in _BES3T_EXT:
-        return _BES3T(p, field_unit).slice(slice_index)
-    if ext in _ESP_EXT:
-        return _ESP(p, field_unit).slice(slice_index)
-    if ext in _TEXT_EXT:
-        return _Text(p, field_unit).slice(slice_index)
-    raise _err(p, f"unknown file type {p.suffix or '(none)'!r} (supported: {_SUPPORTED})")
+    return _reader(path, field_unit).slice(slice_index)
 
 
 def read_all_slices(path: str | os.PathLike, field_unit: str | None = None) -> list[Spectrum]:
-    """All slices of a (possibly 2D) BES3T, ESP/WinEPR or text file (``field_unit``: as
-    `read_spectrum`); a one-element list for a 1D file."""
+    """All slices of a (possibly 2D) file of any format `read_spectrum` reads
+    (``field_unit``: as there); a one-element list for a 1D file."""
+    reader = _reader(path, field_unit)
+    return [reader.slice(i) for i in range(reader.n_slices)]
+
+
+def _reader(path: str | os.PathLike, field_unit: str | None):
+    """The parsed file, by extension (any letter case); slices built on demand."""
     field_unit = _check_field_unit(field_unit)
     p = Path(path)
     ext = p.suffix.lower()
-    if ext in _BES3T_EXT + _ESP_EXT + _TEXT_EXT:
-        if not p.is_file():
-            raise _err(p, f"file not found (looked for {p})")
-        if ext in _BES3T_EXT:
-            reader: _BES3T | _ESP | _Text = _BES3T(p, field_unit)
-        elif ext in _ESP_EXT:
-            reader = _ESP(p, field_unit)
-        else:
-            reader = _Text(p, field_unit)
-        return [reader.slice(i) for i in range(reader.n_slices)]
-    return [read_spectrum(p, field_unit=field_unit)]
+    for exts, cls in _READERS:
+        if ext in exts:
+            if not p.is_file():
+                raise _err(p, f"file not found (looked for {p})")
+            return cls(p, field_unit)
+    raise _err(p, f"unknown file type {p.suffix or '(none)'!r} (supported: {_SUPPORTED})")
 
 
 # --------------------------------------------------------------------------- #
@@ -537,16 +554,7 @@ class _BES3T:
 
     def slice(self, index: int | None) -> Spectrum:
         n = self.n_slices
-        if index is None:
-            if n > 1:
-                raise _err(
-                    self.dsc,
-                    f"file holds {n} slices (2D); pass slice_index=0..{n - 1} or use read_all_slices",
-                )
-            index = 0
-        if not isinstance(index, (int, np.integer)) or not -n <= index < n:
-            raise _err(self.dsc, f"slice_index {index!r} out of range; file has {n} slice(s)")
-        index = int(index) % n
+        index = _slice_index(self.dsc, index, n)
         notes = list(self.notes)
         meta = dict(self.meta)
         power = self.power
@@ -732,16 +740,7 @@ class _ESP:
 
     def slice(self, index: int | None) -> Spectrum:
         n, meta = self.n_slices, self.meta
-        if index is None:
-            if n > 1:
-                raise _err(
-                    self.par,
-                    f"file holds {n} slices (2D); pass slice_index=0..{n - 1} or use read_all_slices",
-                )
-            index = 0
-        if not isinstance(index, (int, np.integer)) or not -n <= index < n:
-            raise _err(self.par, f"slice_index {index!r} out of range; file has {n} slice(s)")
-        index = int(index) % n
+        index = _slice_index(self.par, index, n)
         notes = list(self.notes)
         out_meta = dict(meta)
         power = _float(meta.get("MP"))
@@ -770,6 +769,611 @@ class _ESP:
             modulation_amplitude_g=_float(meta.get("RMA")),
             power_mw=power,
             title=meta.get("TITL") or meta.get("JCO"),
+        )
+
+
+# --------------------------------------------------------------------------- #
+# shared by the single-file formats below
+# --------------------------------------------------------------------------- #
+def _slice_index(path: Path, index: int | None, n: int) -> int:
+    """``index`` checked against ``n`` slices (None: the file must be 1D), made non-negative."""
+    if index is None:
+        if n > 1:
+            raise _err(
+                path,
+                f"file holds {n} slices (2D); pass slice_index=0..{n - 1} or use read_all_slices",
+            )
+        return 0
+    if not isinstance(index, (int, np.integer)) or not -n <= index < n:
+        raise _err(path, f"slice_index {index!r} out of range; file has {n} slice(s)")
+    return int(index) % n
+
+
+# --------------------------------------------------------------------------- #
+# Magnettech (Freiberg Instruments / Bruker MS-5000, ESR5000): ESRStudio XML
+# --------------------------------------------------------------------------- #
+_MAX_XML_BYTES = 512 * 1024 * 1024  # a 2D series of 100,000-point curves is ~20 MB
+# Recipe types whose spectra are field sweeps (each file holds one measurement of the series)
+_MT_FIELD_RECIPES = (
+    "single",
+    "temperature",
+    "goniometric",
+    "modulationSweep",
+    "powerSweep",
+    "xRay",
+)
+
+
+_B64_GROUP = re.compile(r"[A-Za-z0-9+/]+=*")
+
+
+def _b64_float64(path: Path, name: str, text: str | None) -> np.ndarray:
+    """A Magnettech curve body: base64 groups of one little-endian float64 each (ESRStudio
+    writes 12 characters with one '=' pad per value), or one base64 stream of float64.
+
+    Each padded group is decoded on its own: decoding the whole text at once would stop
+    at the first pad and silently return one value.
+    """
+    import binascii
+
+    s = "".join((text or "").split())
+    groups = _B64_GROUP.findall(s)
+    if sum(map(len, groups)) != len(s):
+        bad = _B64_GROUP.sub("", s)[:10]
+        raise _err(
+            path, f"curve {name!r} is not valid base64 (characters {bad!r}); expected float64 data"
+        )
+    try:
+        raw = b"".join(binascii.a2b_base64(g) for g in groups)
+    except (binascii.Error, ValueError) as exc:
+        raise _err(
+            path, f"curve {name!r} is not valid base64 ({exc}); expected float64 data"
+        ) from None
+    if len(raw) % 8:
+        raise _err(path, f"curve {name!r} decodes to {len(raw)} bytes, not whole float64 values")
+    return np.frombuffer(raw, dtype="<f8").astype(np.float64)
+
+
+class _MagnettechXML:
+    """An ESRStudio ``.xml`` file: the MW_Absorption curve against the field, which is
+    the BField curve (the Hall probe's reading in time) interpolated at the signal's
+    times, kept inside the recipe's Bfrom..Bto (as EasySpin's eprload and cwepr)."""
+
+    n_slices = 1
+
+    def __init__(self, path: Path, field_unit: str | None = None):
+        import xml.etree.ElementTree as ET
+
+        self.path = path
+        size = _file_size(path, "a Magnettech ESRStudio XML file (.xml)")
+        if size > _MAX_XML_BYTES:
+            raise _err(path, f"file has {size} bytes; a Magnettech XML spectrum is far smaller")
+        try:
+            root = ET.parse(path).getroot()
+        except ET.ParseError as exc:
+            raise _err(
+                path, f"not well-formed XML ({exc}); expected a Magnettech ESRStudio file"
+            ) from None
+        if root.tag != "ESRXmlFile":
+            raise _err(
+                path,
+                f"XML root element is <{root.tag}>, not <ESRXmlFile>; the .xml files read here "
+                "are Magnettech (ESRStudio) spectra",
+            )
+        meas = root.find("Data/Measurement")
+        if meas is None:
+            raise _err(path, "no <Data><Measurement> element; expected a Magnettech measurement")
+        self.meta: dict[str, str] = {k: v for k, v in meas.attrib.items()}
+        params: dict[str, tuple[str, str]] = {}
+        recipe = meas.find("Recipe")
+        rtype = None
+        if recipe is not None:
+            rtype = recipe.get("Type")
+            for p in recipe.iterfind("Parameters/Param"):
+                name = p.get("Name")
+                if name:
+                    params[name] = ((p.text or "").strip(), (p.get("Unit") or "").strip())
+                    # the Measurement's attributes win (an old ESRStudio writes an empty
+                    # Param "Mode" beside the Measurement's Mode)
+                    self.meta.setdefault(name, (p.text or "").strip())
+            if rtype:
+                self.meta["RecipeType"] = rtype
+        if rtype is not None and rtype not in _MT_FIELD_RECIPES:
+            raise _err(
+                path,
+                f"Recipe Type={rtype!r}: not a magnetic-field sweep; expected one of "
+                f"{', '.join(_MT_FIELD_RECIPES)} (a cw-EPR field sweep)",
+            )
+        if params.get("BHoldEnabled", ("",))[0].lower() == "true":
+            raise _err(
+                path,
+                "BHoldEnabled=True: the field was held (a time trace), not swept; expected a "
+                "field sweep",
+            )
+        curves: dict[tuple[str, str], ET.Element] = {}
+        for c in meas.iterfind("DataCurves/Curve"):
+            curves.setdefault((c.get("YType", ""), c.get("Mode", "")), c)
+        seen = sorted({k[0] for k in curves}) or ["none"]
+        field_c = curves.get(("BField", "Pre")) or next(
+            (c for (t, _), c in curves.items() if t == "BField"), None
+        )
+        data_c = next((c for (t, m), c in curves.items() if t == "MW_Absorption"), None)
+        if field_c is None or data_c is None:
+            missing = "BField" if field_c is None else "MW_Absorption"
+            raise _err(
+                path,
+                f"no {missing} curve (curves: {', '.join(seen)}); expected a field sweep with "
+                "BField and MW_Absorption curves",
+            )
+        for c in (field_c, data_c):
+            comp = c.get("Compression", "Base64")
+            if comp != "Base64":
+                raise _err(
+                    path,
+                    f"curve {c.get('YType')!r} has Compression={comp!r}; only Base64 is known",
+                )
+        notes: list[str] = []
+        self.notes = notes
+        b = _b64_float64(path, "BField", field_c.text)
+        y = _b64_float64(path, "MW_Absorption", data_c.text)
+        if b.size < 2 or y.size < 2:
+            raise _err(
+                path,
+                f"BField has {b.size} and MW_Absorption {y.size} values; expected a sweep "
+                "of at least 2 points each",
+            )
+        _check_finite(path, b, "BField curve values")
+        t_b = self._times(field_c, b.size)
+        t_y = self._times(data_c, y.size)
+        # the signal's points recorded while the field was measured (no extrapolation)
+        inside = (t_y >= t_b[0]) & (t_y <= t_b[-1])
+        b_unit = (field_c.get("YUnit") or meas.get("XUnit") or "").strip()
+        if b_unit:
+            factor = _field_factor(path, b_unit, "BField YUnit")
+        else:
+            factor = _unstated_unit(field_unit, notes, "no BField YUnit")[1]
+        field = np.interp(t_y[inside], t_b, b) * factor
+        values = y[inside]
+        lo_hi = []
+        for key in ("Bfrom", "Bto"):
+            text, unit = params.get(key, ("", ""))
+            v = _float(text)
+            lo_hi.append(
+                None
+                if v is None
+                else v * _field_factor(path, unit or b_unit or "mT", f"{key} Unit")
+            )
+        if None not in lo_hi:
+            lo, hi = sorted(lo_hi)  # type: ignore[type-var]
+            keep = (field >= lo) & (field <= hi)
+            dropped = int(field.size - np.count_nonzero(keep))
+            field, values = field[keep], values[keep]
+            notes.append(
+                f"field from the BField curve interpolated at the signal's {y.size} times; "
+                f"{dropped} points outside Bfrom..Bto ({lo:g}-{hi:g} G) dropped"
+            )
+        else:
+            notes.append("field from the BField curve; no Bfrom/Bto in the recipe, nothing cut")
+        if field.size < 2:
+            raise _err(path, "fewer than 2 signal points inside the swept field range Bfrom..Bto")
+        self.axis, self.values = field, values
+        mod_text, mod_unit = params.get("Modulation", ("", ""))
+        mod = _float(mod_text)
+        self.modamp = mod * _FIELD_UNITS.get(mod_unit.lower(), 10.0) if mod is not None else None
+        pw_text, pw_unit = params.get("MicrowavePower", ("", ""))
+        pw = _float(pw_text)
+        self.power = pw * _POWER_UNITS.get(pw_unit.lower(), 1.0) if pw is not None else None
+        self.frequency = _float(meas.get("MwFreq"))
+        self.title = meas.get("Name")
+
+    def _times(self, curve, n: int) -> np.ndarray:
+        off, slope = _float(curve.get("XOffset")), _float(curve.get("XSlope"))
+        if off is None or slope is None or not slope > 0:
+            raise _err(
+                self.path,
+                f"curve {curve.get('YType')!r} has XOffset={curve.get('XOffset')!r}, "
+                f"XSlope={curve.get('XSlope')!r}; expected numbers, XSlope > 0",
+            )
+        return off + slope * np.arange(n)
+
+    def slice(self, index: int | None) -> Spectrum:
+        _slice_index(self.path, index, 1)
+        return _make(
+            self.path,
+            "Magnettech",
+            self.axis,
+            self.values,
+            self.meta,
+            list(self.notes),
+            frequency_ghz=self.frequency,
+            modulation_amplitude_g=self.modamp,
+            power_mw=self.power,
+            title=self.title,
+        )
+
+
+# --------------------------------------------------------------------------- #
+# CIQTEK (EPR200M, EPR-X, ...): JSON ``.epr``
+# --------------------------------------------------------------------------- #
+_MAX_JSON_BYTES = 512 * 1024 * 1024
+
+
+def _load_json(path: Path, what: str):
+    import json
+
+    size = _file_size(path, what)
+    if size > _MAX_JSON_BYTES:
+        raise _err(path, f"file has {size} bytes; expected {what}, far smaller")
+    raw = path.read_bytes()
+    if raw[:6] == b"7z\xbc\xaf\x27\x1c":
+        raise _err(
+            path,
+            f"a 7-Zip archive, not JSON; extract it first (7z x {path.name}) and read the "
+            "file inside",
+        )
+    try:
+        return json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise _err(path, f"not UTF-8 text; expected {what} (JSON)") from None
+    except ValueError as exc:  # json.JSONDecodeError
+        raise _err(path, f"not valid JSON ({exc}); expected {what}") from None
+
+
+def _pairs(path: Path, entry: dict, key: str, where: str) -> np.ndarray:
+    """An (n, 2) float array from a JSON list of [x, y] pairs, or a clean error."""
+    value = entry.get(key)
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = np.zeros((0,))
+    if arr.ndim != 2 or arr.shape[1] != 2 or arr.shape[0] < 2:
+        raise _err(
+            path,
+            f"{where}.{key} is not a list of [field, intensity] pairs (at least 2); "
+            "expected CIQTEK data",
+        )
+    return arr
+
+
+class _CIQTEK:
+    """A CIQTEK ``.epr`` file: ``dataStore.lineDataList``, one entry per trace, each with
+    ``ReData`` ([field, in-phase] pairs) and ``ImData`` (quadrature, not used); the
+    field unit from ``dataStore.xAxisName`` ("Field[G]"), settings in ``setting``."""
+
+    def __init__(self, path: Path, field_unit: str | None = None):
+        self.path = path
+        doc = _load_json(path, "a CIQTEK EPR file (.epr, JSON)")
+        store = doc.get("dataStore") if isinstance(doc, dict) else None
+        lines = store.get("lineDataList") if isinstance(store, dict) else None
+        if not isinstance(lines, list) or not lines or not all(isinstance(e, dict) for e in lines):
+            raise _err(
+                path,
+                "no dataStore.lineDataList of traces; expected a CIQTEK EPR file (JSON)",
+            )
+        setting = doc.get("setting") if isinstance(doc.get("setting"), dict) else {}
+        self.meta = {str(k): str(v) for k, v in setting.items()}
+        for key in ("type", "devicename", "name", "createTime", "_dataVersion"):
+            if key in doc:
+                self.meta[key] = str(doc[key])
+        exp_type = str(doc.get("type", ""))
+        x_name = str(store.get("xAxisName", ""))
+        self.meta["xAxisName"] = x_name
+        notes: list[str] = []
+        self.notes = notes
+        # the x axis decides (a 2D time-field sweep has xAxisName "Time[ms]"); the
+        # experiment type only where the file names no axis
+        named = x_name.strip() or exp_type
+        other = _non_field_unit(x_name)
+        if "field" not in named.lower() or other is not None:
+            raise _err(
+                path,
+                f"xAxisName={x_name!r}, type={exp_type!r}: not a magnetic-field sweep; "
+                "expected a CW EPR field sweep (xAxisName Field[G] or Field[mT])",
+            )
+        unit = _unit_in(x_name)
+        self.unit_assumed = unit is None and field_unit is None
+        if unit is None:
+            unit = _unstated_unit(field_unit, notes, "no unit in xAxisName")[0]
+        factor = _field_factor(path, unit, "xAxisName unit")
+        self.slices = []
+        for i, entry in enumerate(lines):
+            pairs = _pairs(path, entry, "ReData", f"lineDataList[{i}]")
+            _check_finite(path, pairs, f"lineDataList[{i}].ReData values")
+            self.slices.append((pairs[:, 0] * factor, pairs[:, 1], entry))
+        if any("ImData" in e for e in lines):
+            notes.append("in-phase trace (ReData) used; quadrature (ImData) ignored")
+        self.n_slices = len(self.slices)
+        self.frequency = _float(setting.get("frequency"))
+        if self.frequency is None:
+            self.frequency = _float(lines[0].get("freq"))
+        self.modamp = _float(setting.get("lineEdit_SC_ModulAmp"))
+        self.power = _float(setting.get("lineEdit_MB_Power"))
+        self.title = str(doc.get("name") or doc.get("filename") or "") or None
+
+    def slice(self, index: int | None) -> Spectrum:
+        n = self.n_slices
+        index = _slice_index(self.path, index, n)
+        field, values, entry = self.slices[index]
+        notes = list(self.notes)
+        meta = dict(self.meta)
+        power = self.power
+        freq = _float(entry.get("freq")) or self.frequency
+        if n > 1:
+            meta["slice_index"] = str(index)
+            meta["n_slices"] = str(n)
+            desc = f"slice {index} of {n}"
+            params = entry.get("params") if isinstance(entry.get("params"), dict) else {}
+            for key in ("power", "delay", "time2"):  # the 2D axes seen in CIQTEK files
+                v = _float(params.get(key))
+                if v is not None:
+                    meta["slice_y_value"] = repr(v)
+                    meta["slice_y_name"] = key
+                    desc += f" ({key} = {v:g})"
+                    if key == "power":
+                        power = v
+                    break
+            notes.append(desc)
+        return _make(
+            self.path,
+            "CIQTEK",
+            field,
+            values,
+            meta,
+            notes,
+            frequency_ghz=freq,
+            modulation_amplitude_g=self.modamp,
+            power_mw=power,
+            title=self.title,
+            field_unit_assumed=self.unit_assumed,
+        )
+
+
+# --------------------------------------------------------------------------- #
+# Adani (SPINSCAN, CMS 8400; e-Spinoza software): JSON ``.json``
+# --------------------------------------------------------------------------- #
+def _number(path: Path, obj: dict, key: str, where: str) -> float:
+    v = obj.get(key) if isinstance(obj, dict) else None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+        raise _err(path, f"{where}{key} is {v!r}; expected a number (an Adani e-Spinoza file)")
+    return float(v)
+
+
+class _AdaniJSON:
+    """An e-Spinoza ``.json`` file; ``Values`` holds one spectrum per slice of a 2D run,
+    the field axis is ``CenterMagneticField`` +- ``SweepWidth`` / 2 (mT) over the points.
+
+    Each field point holds ``Points``: the detector's n samples over one modulation
+    period (older files, n = 14 in EasySpin's 1d.json), or the lock-in's two outputs
+    (newer files, n = 2, with ``PhaseRadians``). Both are reduced to the first
+    harmonic's in-phase and quadrature parts (I, Q): for n samples the projections on
+    sin and cos(2 pi k / n), for n = 2 the two values. EasySpin's eprload takes
+    cos(phi) I + sin(phi) Q (its sum over sin(2 pi k / n + Phase)); the stored phase need
+    not be the signal's (on EasySpin's Mn.json it is 18 degrees off, and eprload's n = 2
+    form returns the signal inverted at half its amplitude). The modulation phase scales
+    the first-derivative line, it does not change its shape, so the signal is taken along
+    the principal direction of (I, Q) over the file, with the sign of cos(phi) I +
+    sin(phi) Q.
+    """
+
+    def __init__(self, path: Path, field_unit: str | None = None):
+        self.path = path
+        doc = _load_json(path, "an Adani e-Spinoza file (.json)")
+        opts = doc.get("ExperimentOptions") if isinstance(doc, dict) else None
+        common = opts.get("CommonOptions") if isinstance(opts, dict) else None
+        spectra = doc.get("Values") if isinstance(doc, dict) else None
+        if not isinstance(common, dict) or not isinstance(spectra, list) or not spectra:
+            raise _err(
+                path,
+                "no ExperimentOptions.CommonOptions and Values; the .json files read here are "
+                "Adani e-Spinoza spectra",
+            )
+        where = "ExperimentOptions.CommonOptions."
+        centre = _number(path, common, "CenterMagneticField", where)
+        width = _number(path, common, "SweepWidth", where)
+        phase_key = next((k for k in ("Phase", "PhaseRadians") if k in doc), "Phase")
+        phase = doc.get(phase_key, 0.0)
+        if isinstance(phase, bool) or not isinstance(phase, (int, float)) or not np.isfinite(phase):
+            raise _err(path, f"{phase_key} is {phase!r}; expected a number (radians)")
+        self.data = []
+        n_phase = None
+        for i, spec in enumerate(spectra):
+            points = spec.get("Values") if isinstance(spec, dict) else None
+            if not isinstance(points, list) or len(points) < 2:
+                raise _err(
+                    path,
+                    f"Values[{i}].Values is not a list of field points (at least 2); expected "
+                    "an Adani e-Spinoza file",
+                )
+            try:
+                frames = np.asarray([p["Points"] for p in points], dtype=np.float64)
+            except (TypeError, KeyError, ValueError):
+                raise _err(
+                    path,
+                    f"Values[{i}]: every field point needs a Points list of the same length "
+                    "(the detector samples over one modulation period)",
+                ) from None
+            if frames.ndim != 2 or frames.shape[1] < 2:
+                raise _err(
+                    path,
+                    f"Values[{i}]: Points lists of {frames.shape} samples; expected at least 2 each",
+                )
+            if n_phase is not None and frames.shape != self.data[0].shape:
+                raise _err(
+                    path,
+                    f"Values[{i}] has {frames.shape[0]} points x {frames.shape[1]} samples, "
+                    f"Values[0] {self.data[0].shape[0]} x {self.data[0].shape[1]}; expected "
+                    "equal slices",
+                )
+            _check_finite(path, frames, f"Values[{i}] samples")
+            n_phase = frames.shape[1]
+            self.data.append(frames)
+        if n_phase == 2:  # the lock-in's in-phase and quadrature outputs
+            iq = self.data
+            source = "the 2 values per point (lock-in I, Q)"
+        else:  # samples over one modulation period: the first harmonic's I, Q
+            k = 2.0 * np.pi * np.arange(n_phase) / n_phase
+            ref = np.stack([np.sin(k), np.cos(k)], axis=1)
+            iq = [frames @ ref for frames in self.data]
+            source = f"the {n_phase} samples per point (first harmonic I, Q)"
+        stacked = np.concatenate(iq)
+        _, sv, vt = np.linalg.svd(stacked - np.median(stacked, axis=0), full_matrices=False)
+        direction = vt[0]
+        stored = np.array([np.cos(float(phase)), np.sin(float(phase))])
+        if direction @ stored < 0:
+            direction = -direction
+        self.signals = [x @ direction for x in iq]
+        share = float(sv[0] ** 2 / max(float(np.sum(sv**2)), 1e-300))
+        off = np.degrees(np.arccos(np.clip(abs(direction @ stored), 0.0, 1.0)))
+        n_points = self.data[0].shape[0]
+        notes: list[str] = [
+            f"signal: {source} along their principal direction ({100 * share:.0f} % of the "
+            f"variance), {off:.0f} degrees from the stored {phase_key}={float(phase):g}"
+        ]
+        self.notes = notes
+        # e-Spinoza gives the field in mT (an X-band centre is ~ 337 mT); a file cannot say
+        unit = field_unit or "mT"
+        if field_unit is None:
+            notes.append("field in mT (e-Spinoza's unit; the file names none)")
+        factor = _FIELD_UNITS[unit.lower()]
+        self.axis = (centre + np.linspace(-0.5, 0.5, n_points) * width) * factor
+        self.n_slices = len(self.data)
+        self.meta = {
+            f"{where}{k}": str(v) for k, v in common.items() if not isinstance(v, (dict, list))
+        }
+        for key in ("Phase", "MwFrequencyKHz", "NoiseLevel"):
+            if key in doc:
+                self.meta[key] = str(doc[key])
+        for key in ("ExperimentType", "InitialValue2D", "FinalValue2D", "Count2D"):
+            if isinstance(opts, dict) and key in opts:
+                self.meta[f"ExperimentOptions.{key}"] = str(opts[key])
+        freq = doc.get("MwFrequencyKHz")
+        self.frequency = (
+            float(freq) * 1e-6
+            if isinstance(freq, (int, float)) and not isinstance(freq, bool) and freq > 0
+            else None
+        )
+        mw = common.get("MwParameter") if isinstance(common.get("MwParameter"), dict) else {}
+        power = mw.get("PowerMW")
+        self.power = float(power) if isinstance(power, (int, float)) and power > 0 else None
+        self.y_values = None
+        if self.n_slices > 1 and isinstance(opts, dict):
+            lo, hi = opts.get("InitialValue2D"), opts.get("FinalValue2D")
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)):
+                self.y_values = np.linspace(float(lo), float(hi), self.n_slices)
+
+    def slice(self, index: int | None) -> Spectrum:
+        n = self.n_slices
+        index = _slice_index(self.path, index, n)
+        notes = list(self.notes)
+        meta = dict(self.meta)
+        if n > 1:
+            meta["slice_index"] = str(index)
+            meta["n_slices"] = str(n)
+            desc = f"slice {index} of {n}"
+            if self.y_values is not None:
+                y = float(self.y_values[index])
+                meta["slice_y_value"] = repr(y)
+                desc += f" (2D value {y:g})"
+            notes.append(desc)
+        return _make(
+            self.path,
+            "Adani",
+            self.axis,
+            self.signals[index],
+            meta,
+            notes,
+            frequency_ghz=self.frequency,
+            modulation_amplitude_g=None,
+            power_mw=self.power,
+            title=None,
+        )
+
+
+# --------------------------------------------------------------------------- #
+# Active Spectrum (benchtop ESR): tab-separated ``.ESR`` text
+# --------------------------------------------------------------------------- #
+class _ActiveSpectrum:
+    """An Active Spectrum ``.ESR`` file: ``KEY<tab>value`` header lines, then a
+    ``FIELD (G)<tab>INTENSITY`` line, then rows of field, the averaged intensity and
+    the individual sweeps (one column each). The averaged column is the spectrum."""
+
+    n_slices = 1
+
+    def __init__(self, path: Path, field_unit: str | None = None):
+        self.path = path
+        lines = _read_text_lines(path, "an Active Spectrum file (.ESR, tab-separated text)")
+        start = next(
+            (i for i, line in enumerate(lines) if line.strip().upper().startswith("FIELD (")),
+            None,
+        )
+        if start is None:
+            raise _err(
+                path,
+                "no 'FIELD (G)' line before the data; expected an Active Spectrum .ESR file",
+            )
+        meta: dict[str, str] = {}
+        rows_by_key: dict[str, list[str]] = {}
+        for line in lines[:start]:
+            cells = [c.strip() for c in line.split("\t")]
+            if cells and cells[0]:
+                rows_by_key[cells[0].upper()] = cells[1:]
+                meta[cells[0]] = next((c for c in cells[1:] if c), "")
+        head = lines[start].split("\t")[0]
+        unit = _unit_in(head)
+        if unit is None:
+            raise _err(
+                path,
+                f"line {start + 1} ({head.strip()!r}) names no field unit G or mT; expected "
+                "'FIELD (G)'",
+            )
+        factor = _field_factor(path, unit, "FIELD unit")
+        rows = []
+        for lineno, line in enumerate(lines[start + 1 :], start=start + 2):
+            cells = [c for c in line.replace("\t", " ").split() if c]
+            if not cells:
+                continue
+            try:
+                rows.append([float(cells[0]), float(cells[1])])
+            except (ValueError, IndexError):
+                raise _err(
+                    path,
+                    f"line {lineno} ({line.strip()[:40]!r}) is not a field and an intensity; "
+                    "expected numeric rows after the FIELD line",
+                ) from None
+        if len(rows) < 2:
+            raise _err(path, f"{len(rows)} data row(s) after the FIELD line; expected a sweep")
+        table = np.asarray(rows)
+        notes: list[str] = []
+        n_sweeps = _float(meta.get("NUMBER OF SWEEPS"))
+        notes.append(
+            "averaged intensity column used"
+            + (f" (mean of {n_sweeps:g} sweeps)" if n_sweeps else "")
+        )
+        n_stated = _float(meta.get("NUMBER OF POINTS"))
+        if n_stated is not None and int(n_stated) != table.shape[0]:
+            notes.append(
+                f"header says {n_stated:g} points, the file has {table.shape[0]} data rows"
+            )
+        self.axis, self.values = table[:, 0] * factor, table[:, 1]
+        self.meta, self.notes = meta, notes
+        freq = rows_by_key.get("FREQUENCY (MHZ)", [])
+        self.frequency = _float(freq[0]) / 1e3 if freq and _float(freq[0]) else None
+        self.power = _float(meta.get("MICROWAVE POWER (mW)"))
+        self.title = meta.get("SAMPLE NAME") or None
+
+    def slice(self, index: int | None) -> Spectrum:
+        _slice_index(self.path, index, 1)
+        return _make(
+            self.path,
+            "ActiveSpectrum",
+            self.axis,
+            self.values,
+            self.meta,
+            list(self.notes),
+            frequency_ghz=self.frequency,
+            modulation_amplitude_g=None,
+            power_mw=self.power,
+            title=self.title,
         )
 
 
@@ -1030,16 +1634,7 @@ class _Text:
 
     def slice(self, index: int | None) -> Spectrum:
         n = self.n_slices
-        if index is None:
-            if n > 1:
-                raise _err(
-                    self.path,
-                    f"file holds {n} slices (2D); pass slice_index=0..{n - 1} or use read_all_slices",
-                )
-            index = 0
-        if not isinstance(index, (int, np.integer)) or not -n <= index < n:
-            raise _err(self.path, f"slice_index {index!r} out of range; file has {n} slice(s)")
-        index = int(index) % n
+        index = _slice_index(self.path, index, n)
         head, table = self.slices[index]
         notes = list(self.notes)
         meta = {
@@ -1070,3 +1665,44 @@ class _Text:
             title=None,
             field_unit_assumed=self.unit_assumed,
         )
+
+
+# extension -> reader, in the order `_reader` tries them
+_READERS = (
+    (_BES3T_EXT, _BES3T),
+    (_ESP_EXT, _ESP),
+    (_MAGNETTECH_EXT, _MagnettechXML),
+    (_CIQTEK_EXT, _CIQTEK),
+    (_ADANI_EXT, _AdaniJSON),
+    (_ACTIVE_SPECTRUM_EXT, _ActiveSpectrum),
+    (_TEXT_EXT, _Text),
+)
+
+#: every file extension `read_spectrum` reads (lower case)
+SPECTRUM_SUFFIXES = tuple(ext for exts, _ in _READERS for ext in exts)
+# what the first 4 kB of a file with a generic extension hold when it is a spectrum
+_SIGNATURES = {
+    ".xml": (b"<ESRXmlFile",),
+    ".json": (b'"ExperimentOptions"', b'"Values"'),
+    ".epr": (b'"dataStore"', b'"lineDataList"', b"7z\xbc\xaf\x27\x1c"),
+}
+
+
+def looks_like_spectrum(path: str | os.PathLike) -> bool:
+    """Whether a file found in a folder scan is worth reading: a supported extension,
+    and for the generic ones (.xml, .json, .epr) the format's signature in its first 4 kB,
+    so that other XML/JSON files beside the spectra (our own predictions.json among
+    them) are not reported as unreadable spectra. A file named explicitly is always read.
+    """
+    p = Path(path)
+    ext = p.suffix.lower()
+    if ext not in SPECTRUM_SUFFIXES:
+        return False
+    if ext not in _SIGNATURES:
+        return True
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return True  # let the reader report it
+    return any(sig in head for sig in _SIGNATURES[ext])

@@ -173,3 +173,40 @@ def test_time_axis_text_export_is_refused():
     msg = _one_line(exc)
     assert msg.startswith("2024_08_CaWO4171Yb_rabi_6K_6724G_18dB.csv:")
     assert "'Abscissa (ns)'" in msg and "'ns'" in msg and "not a magnetic field" in msg
+
+
+# Magnettech MS-5000 (ESRStudio) .xml files from cwepr 0.5.1's test data. The numbers are
+# cwepr 0.5.1's own MagnettechXMLImporter's (run once beside this reader, 2026-11-25:
+# field and intensity identical, max difference 0), and the file's recipe.
+# file -> (points, first field G, last field G, first y, last y, sum of y, Bfrom, Bto (G),
+#          MwFreq GHz, modulation G, power mW, recipe type)
+MAGNETTECH = {
+    CWEPR / "test-magnettech.xml": (
+        15342, 3360.958486184909, 3404.2136483027134, 2.809082784877244,
+        -1.8805996232769786, 98647.40828720298, 3360.95684448245, 3404.21648992911,
+        9.48958423609322, 0.01, 1.0, "single",
+    ),
+    CWEPR / "20201216_120054089_goniometersweep-testdata_F_gon_10dg.xml": (
+        15400, 3350.002624162817, 3399.9982030754463, -4.831735323735707,
+        4.592345854147187, 35203.500045946086, 3350.0, 3400.0,
+        9.49276843185336, 0.5, 0.1, "goniometric",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("path", sorted(MAGNETTECH), ids=lambda p: p.name[-20:])
+def test_magnettech_xml_as_cwepr_reads_it(path):
+    n, first, last, y0, y1, total, bfrom, bto, freq, modamp, power, recipe = MAGNETTECH[path]
+    s = read_spectrum(path)
+    assert s.source_format == "Magnettech" and s.n_points == n
+    assert s.field[0] == pytest.approx(first, abs=1e-9)
+    assert s.field[-1] == pytest.approx(last, abs=1e-9)
+    assert s.intensity[0] == pytest.approx(y0, rel=1e-12)
+    assert s.intensity[-1] == pytest.approx(y1, rel=1e-12)
+    assert s.intensity.sum() == pytest.approx(total, rel=1e-12)
+    assert bfrom <= s.field.min() and s.field.max() <= bto
+    assert s.sweep_direction == "up"
+    assert s.frequency_ghz == freq
+    assert s.modulation_amplitude_g == pytest.approx(modamp, rel=1e-12)  # mT -> G
+    assert s.power_mw == power
+    assert s.metadata["RecipeType"] == recipe

@@ -1056,8 +1056,12 @@ def _overlay_png(
     top, bottom = fig.subplots(
         2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1], "hspace": 0.08}
     )
-    # a long title on two lines, not clipped (about 95 characters fit at 9 pt)
-    title = textwrap.fill(title, 95)
+    # a long title on two lines (about 80 characters of 8 px at 9 pt), centred on the
+    # figure; a line still wider than the figure (a long name without spaces) gets a
+    # smaller font rather than losing characters off the edge
+    # (lines break only between the title's parts, "B0 = 3383.44 ± 0.09 G" stays whole)
+    parts = [part.replace(" ", "\xa0") for part in title.split("  ")]
+    title = textwrap.fill(" ".join(parts), 80).replace("\xa0", " ")
     fig.subplots_adjust(left=0.12, right=0.97, top=0.93 - 0.03 * title.count("\n"), bottom=0.1)
     m = np.where(covered, measured, np.nan)
     top.plot(axis, m, lw=1.0, color="0.2", label="measured (resampled, normalised)")
@@ -1077,7 +1081,11 @@ def _overlay_png(
         top.set_ylim(lo - pad, hi + pad)
     top.set_ylabel("normalised signal")
     top.legend(loc="best", fontsize=8, frameon=False)
-    top.set_title(title, fontsize=9)
+    text = fig.suptitle(title, fontsize=9, y=0.995, va="top")
+    room = 0.98 * fig.bbox.width
+    width = text.get_window_extent(fig.canvas.get_renderer()).width
+    if width > room:
+        text.set_fontsize(9 * room / width)
     bottom.plot(axis, np.where(covered, measured - recon, np.nan), lw=0.8, color="C0")
     bottom.axhline(0.0, color="0.5", lw=0.6)
     bottom.set_xlabel("field (G)")

@@ -621,3 +621,36 @@ def test_format_pm():
     assert infer.format_pm(1.2345, 0.15) == "1.23 ± 0.15"
     assert infer.format_pm(3399.5, float("nan")) == "3400"
     assert infer.format_pm(42.0, None) == "42"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["20201216_120054089_goniometersweep-testdata_F_gon_10dg.xml", "x" * 150 + ".DSC"],
+)
+def test_png_overlay_title_stays_inside_the_figure(monkeypatch, name):
+    # a long file name: the title wraps, and no line runs off the figure's edge (at a
+    # wrap width of 95 characters this one lost dB's last digits)
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    seen = {}
+    save = Figure.savefig
+
+    def spy(self, *args, **kwargs):
+        seen["fig"] = self
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    axis = np.linspace(3350.0, 3400.0, 256)
+    line = np.gradient(np.exp(-(((axis - 3375.0) / 3.0) ** 2)))
+    title = f"{name}:  B0 = 3383.44 ± 0.09 G,  dB = 1.635 ± 0.018 G,  p = 0.8 ± 0.2"
+    png = infer._overlay_png(axis, line, line, np.ones(256, bool), title)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = seen["fig"]
+    title_text = fig._suptitle
+    box = title_text.get_window_extent(fig.canvas.get_renderer())
+    assert 0.0 <= box.x0 and box.x1 <= fig.bbox.x1, (box, fig.bbox)
+    assert box.y1 <= fig.bbox.y1 and box.y0 >= fig.axes[0].get_window_extent().y1
+    lines = title_text.get_text().split("\n")
+    assert any("dB = 1.635 ± 0.018 G" in line for line in lines), lines  # not broken
+    assert any("B0 = 3383.44 ± 0.09 G" in line for line in lines), lines

@@ -20,6 +20,9 @@ Formats:
   signal's times, cut to the recipe's Bfrom..Bto (as EasySpin's eprload and cwepr do;
   checked identical to cwepr's importer on its test files). Kinetic and field-hold
   recipes are refused.
+* Magnettech ``.spe`` (binary; MiniScope MS400 and older): int16 data and a 64-byte
+  trailer, laid out as EasySpin's eprload describes it (synthetic tests only: no real
+  ``.spe`` file was at hand).
 * CIQTEK ``.epr`` (JSON): each ``dataStore.lineDataList`` trace is a slice, its
   ``ReData`` (field, in-phase) pairs the spectrum; the field unit from ``xAxisName``.
   A 7-Zip-packed ``.epr`` gets an error that says to extract it.
@@ -92,11 +95,12 @@ _BES3T_EXT = (".dsc", ".dta")
 _ESP_EXT = (".par", ".spc")
 _TEXT_EXT = (".txt", ".csv", ".asc", ".dat")
 _MAGNETTECH_EXT = (".xml",)
+_SPE_EXT = (".spe",)
 _CIQTEK_EXT = (".epr",)
 _ADANI_EXT = (".json",)
 _ACTIVE_SPECTRUM_EXT = (".esr",)
 _SUPPORTED = (
-    ".DSC/.DTA, .par/.spc, .xml (Magnettech), .epr (CIQTEK), .json (Adani), "
+    ".DSC/.DTA, .par/.spc, .xml and .spe (Magnettech), .epr (CIQTEK), .json (Adani), "
     ".ESR (Active Spectrum), .txt/.csv/.asc/.dat"
 )
 
@@ -1378,6 +1382,75 @@ class _ActiveSpectrum:
 
 
 # --------------------------------------------------------------------------- #
+# Magnettech MiniScope (MS400 and older, MT500 L-band): binary ``.spe``
+# --------------------------------------------------------------------------- #
+_SPE_POINTS = (512, 1024, 2048, 4096)
+
+
+class _MagnettechSPE:
+    """An older Magnettech ``.spe`` file, laid out as EasySpin's eprload describes it:
+    n little-endian int16 values (n = 512, 1024, 2048 or 4096), then a 64-byte trailer of
+    "four-byte singles" (int16 a, int16 b: a + b/100, or b/1000 in the newer variant,
+    bit 2 of the flags byte): centre field (G), sweep width (G), modulation (0.1 uT units),
+    ..., the flags byte at 60 and the frequency in kHz (3 bytes, big-endian) at 61.
+    Checked here on synthetic files only: no real ``.spe`` file was at hand."""
+
+    n_slices = 1
+
+    def __init__(self, path: Path, field_unit: str | None = None):
+        self.path = path
+        size = _file_size(path, "a Magnettech .spe file")
+        n = (size - 64) // 2
+        if (size - 64) % 2 or n not in _SPE_POINTS:
+            raise _err(
+                path,
+                f"file has {size} bytes; a Magnettech .spe file has 2 bytes per point for "
+                f"{', '.join(map(str, _SPE_POINTS))} points plus 64 (2 * n + 64)",
+            )
+        raw = path.read_bytes()
+        self.values = np.frombuffer(raw, dtype="<i2", count=n).astype(np.float64)
+        tail = raw[2 * n :]
+        flags = tail[60]
+        new = bool(flags & 2)
+        pairs = np.frombuffer(tail[:52], dtype="<i2").astype(np.float64).reshape(13, 2)
+        singles = pairs[:, 0] + pairs[:, 1] / (1000.0 if new else 100.0)
+        centre, width, modulation = singles[0], singles[1], singles[2]
+        if not (np.isfinite(centre) and width > 0):
+            raise _err(
+                path,
+                f"trailer gives centre field {centre:g} G and sweep width {width:g} G; "
+                "expected a positive sweep width (a Magnettech .spe file?)",
+            )
+        self.axis = centre + np.linspace(-0.5, 0.5, n) * width
+        self.modamp = modulation / 1000.0  # 0.1 uT units -> G
+        self.frequency = (
+            int.from_bytes(tail[61:64], "big") / 1e6 if flags & 1 else None
+        )  # kHz -> GHz
+        names = ("B0_Field", "B0_Scan", "Modulation", "MW_Attenuation", "ScanTime")
+        self.meta = {k: repr(float(v)) for k, v in zip(names, singles[:5], strict=True)}
+        self.meta["FileFlags"] = str(flags)
+        self.notes = [
+            f"{'newer' if new else 'older'} .spe variant (flags {flags}); layout as EasySpin's "
+            "eprload (not checked on a real file here)"
+        ]
+
+    def slice(self, index: int | None) -> Spectrum:
+        _slice_index(self.path, index, 1)
+        return _make(
+            self.path,
+            "MagnettechSPE",
+            self.axis,
+            self.values,
+            self.meta,
+            list(self.notes),
+            frequency_ghz=self.frequency,
+            modulation_amplitude_g=self.modamp,
+            power_mw=None,
+            title=None,
+        )
+
+
+# --------------------------------------------------------------------------- #
 # text
 # --------------------------------------------------------------------------- #
 _SPLIT_RE = re.compile(r"[,;\t ]+")
@@ -1672,6 +1745,7 @@ _READERS = (
     (_BES3T_EXT, _BES3T),
     (_ESP_EXT, _ESP),
     (_MAGNETTECH_EXT, _MagnettechXML),
+    (_SPE_EXT, _MagnettechSPE),
     (_CIQTEK_EXT, _CIQTEK),
     (_ADANI_EXT, _AdaniJSON),
     (_ACTIVE_SPECTRUM_EXT, _ActiveSpectrum),

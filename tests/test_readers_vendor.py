@@ -511,3 +511,46 @@ def test_adani_json_two_values_per_point_read_along_the_signal(tmp_path):
     phi = doc["PhaseRadians"]
     eprload = np.sin(phi) * (iq[:, 0] - iq[:, 1])
     assert np.corrcoef(eprload, y)[0, 1] < 0
+
+
+# --------------------------------------------------------------------------- #
+# Magnettech .spe (binary, older MiniScope)
+# --------------------------------------------------------------------------- #
+def _spe(path: Path, y, *, centre=(3360, 50), width=(100, 0), mod=(2000, 0), flags=3, khz=9441250):
+    """Write the layout EasySpin's eprload reads: int16 data, then 13 four-byte singles
+    (int16 pairs), an int32 temperature, one more single, the flags byte and 3 bytes of
+    frequency in kHz (big-endian)."""
+    singles = [centre, width, mod, (20, 0), (60, 0)] + [(0, 0)] * 8
+    tail = b"".join(struct.pack("<hh", a, b) for a, b in singles)
+    tail += struct.pack("<i", 21) + struct.pack("<hh", 0, 0) + bytes([flags])
+    tail += khz.to_bytes(3, "big")
+    assert len(tail) == 64
+    path.write_bytes(np.asarray(y, "<i2").tobytes() + tail)
+
+
+def test_magnettech_spe_layout(tmp_path):
+    f = tmp_path / "old.SPE"
+    y = (3000 * np.sin(np.linspace(0, 20, 4096))).astype(int)
+    _spe(f, y, flags=3)  # bit 1: frequency present; bit 2: newer variant (b / 1000)
+    s = read_spectrum(f)
+    assert s.source_format == "MagnettechSPE" and s.n_points == 4096
+    np.testing.assert_array_equal(s.intensity, y)
+    # centre 3360 + 50/1000 G, width 100 G
+    np.testing.assert_allclose(s.field, 3360.05 + np.linspace(-50, 50, 4096), rtol=0, atol=1e-9)
+    assert s.modulation_amplitude_g == pytest.approx(2.0)  # 2000 (0.1 uT) = 0.2 mT
+    assert s.frequency_ghz == pytest.approx(9.44125)
+    assert "newer .spe variant" in s.notes[0] and "not checked on a real file" in s.notes[0]
+    g = tmp_path / "older.spe"
+    _spe(g, y[:1024], flags=0)  # older variant: b / 100; no frequency
+    t = read_spectrum(g)
+    assert t.n_points == 1024 and t.field[0] == pytest.approx(3360.5 - 50.0)
+    assert t.frequency_ghz is None
+
+
+def test_magnettech_spe_bad_size_and_width(tmp_path):
+    f = tmp_path / "raman.spe"  # e.g. a Princeton Instruments camera file
+    f.write_bytes(bytes(4100))
+    _one_line_error(f, "4100 bytes", "2 * n + 64")
+    g = tmp_path / "zero.spe"
+    _spe(g, np.zeros(512), width=(0, 0))
+    _one_line_error(g, "positive sweep width")

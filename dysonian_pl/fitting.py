@@ -648,13 +648,13 @@ def json_safe(obj):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .readers import FIELD_UNITS, UNIT_ASSUMED, SpectrumFileError, read_spectrum
+    from .readers import FIELD_UNITS, SUPPORTED, UNIT_ASSUMED, SpectrumFileError, read_spectrum
 
     ap = argparse.ArgumentParser(
         prog="python -m dysonian_pl lsq",
         description="Classical least-squares fit (B0, dB, p) of Dysonian lines in spectrometer files.",
     )
-    ap.add_argument("files", nargs="+", help="BES3T (.DSC/.DTA), ESP/WinEPR (.par/.spc) or text")
+    ap.add_argument("files", nargs="+", help=f"spectrum files: {SUPPORTED}")
     ap.add_argument("--geometry", choices=GEOMETRIES, default="plate")
     ap.add_argument("--start", choices=("data", "naive"), default="data")
     ap.add_argument(

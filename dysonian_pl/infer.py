@@ -59,6 +59,7 @@ from .params import GEOMETRIES, PARAMETERS, field_axis
 from .preprocess import normalise, prepare_real
 from .readers import (
     FIELD_UNITS,
+    SUPPORTED,
     UNIT_ASSUMED,
     SpectrumFileError,
     looks_like_spectrum,
@@ -1525,7 +1526,7 @@ def markdown_table(rows: list[dict], names: tuple[str, ...] | list[str]) -> str:
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m dysonian_pl infer",
-        description="Read spectrometer files (BES3T .DSC/.DTA, ESP/WinEPR .par/.spc, text), "
+        description=f"Read spectrometer files ({SUPPORTED}), "
         "predict B0, dB, p with a trained model, write predictions.csv/.json and overlay plots.",
         epilog="status column: ok; unreliable (read, but one line of the model's kind does "
         "not explain the spectrum: do not trust its numbers); error (not read). Exit status: "
@@ -1556,8 +1557,10 @@ def _parser() -> argparse.ArgumentParser:
         "--field-unit",
         choices=FIELD_UNITS,
         help="the field unit of files that name none (a text export without a unit in its "
-        "header; also BES3T without XUNI, ESP without JUN); without it they are read in "
-        "gauss (text files with a warning). A unit the file names always wins",
+        "header, a CIQTEK file without one in xAxisName; also BES3T without XUNI, ESP "
+        "without JUN; Adani files are in mT unless this says otherwise); without it they "
+        "are read in gauss (text and CIQTEK files with a warning). A unit the file names "
+        "always wins",
     )
     ap.add_argument("--out", default="infer_out", help="output folder (default: infer_out)")
     ap.add_argument("--no-plots", action="store_true", help="do not write overlay plots")

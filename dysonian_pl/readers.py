@@ -55,6 +55,7 @@ __all__ = [
     "read_spectrum",
     "read_all_slices",
     "SPECTRUM_SUFFIXES",
+    "SUPPORTED",
     "looks_like_spectrum",
 ]
 
@@ -99,9 +100,10 @@ _SPE_EXT = (".spe",)
 _CIQTEK_EXT = (".epr",)
 _ADANI_EXT = (".json",)
 _ACTIVE_SPECTRUM_EXT = (".esr",)
-_SUPPORTED = (
-    ".DSC/.DTA, .par/.spc, .xml and .spe (Magnettech), .epr (CIQTEK), .json (Adani), "
-    ".ESR (Active Spectrum), .txt/.csv/.asc/.dat"
+#: the file types read, as help texts and errors name them
+SUPPORTED = (
+    "Bruker BES3T .DSC/.DTA, ESP/WinEPR .par/.spc, Magnettech .xml/.spe, CIQTEK .epr, "
+    "Adani .json, Active Spectrum .ESR, text .txt/.csv/.asc/.dat"
 )
 
 # oersted: some instruments label the swept field H; 1 Oe gives 1 G in vacuum
@@ -367,7 +369,7 @@ def _reader(path: str | os.PathLike, field_unit: str | None):
             if not p.is_file():
                 raise _err(p, f"file not found (looked for {p})")
             return cls(p, field_unit)
-    raise _err(p, f"unknown file type {p.suffix or '(none)'!r} (supported: {_SUPPORTED})")
+    raise _err(p, f"unknown file type {p.suffix or '(none)'!r} (supported: {SUPPORTED})")
 
 
 # --------------------------------------------------------------------------- #

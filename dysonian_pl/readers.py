@@ -26,9 +26,10 @@ Formats:
 * CIQTEK ``.epr`` (JSON): each ``dataStore.lineDataList`` trace is a slice, its
   ``ReData`` (field, in-phase) pairs the spectrum; the field unit from ``xAxisName``.
   A 7-Zip-packed ``.epr`` gets an error that says to extract it.
-* Adani e-Spinoza ``.json``: per field point, the detector's samples over one
-  modulation period projected on sin(2 pi k/n + Phase) (EasySpin's eprload, from
-  Adani's documentation); the axis from CenterMagneticField and SweepWidth (mT).
+* Adani e-Spinoza ``.json``: per field point, the first harmonic's in-phase and
+  quadrature parts (from the detector's samples over one modulation period, or the
+  lock-in's two values in newer files), taken along their principal direction with the
+  sign of the stored phase; the axis from CenterMagneticField and SweepWidth (mT).
 * Active Spectrum ``.ESR``: tab-separated header, ``FIELD (G)``, then field, averaged
   intensity and the single sweeps; the averaged column is read.
 
@@ -243,6 +244,20 @@ def _int_key(path: Path, meta: dict, key: str, required: bool, default: int | No
     if not np.isfinite(value) or value != int(value) or value < 1:
         raise _err(path, f"header {key}={raw!r} is not a positive integer")
     return int(value)
+
+
+def _slice_index(path: Path, index: int | None, n: int) -> int:
+    """``index`` checked against ``n`` slices (None: the file must be 1D), made non-negative."""
+    if index is None:
+        if n > 1:
+            raise _err(
+                path,
+                f"file holds {n} slices (2D); pass slice_index=0..{n - 1} or use read_all_slices",
+            )
+        return 0
+    if not isinstance(index, (int, np.integer)) or not -n <= index < n:
+        raise _err(path, f"slice_index {index!r} out of range; file has {n} slice(s)")
+    return int(index) % n
 
 
 def _read_binary(
@@ -776,23 +791,6 @@ class _ESP:
             power_mw=power,
             title=meta.get("TITL") or meta.get("JCO"),
         )
-
-
-# --------------------------------------------------------------------------- #
-# shared by the single-file formats below
-# --------------------------------------------------------------------------- #
-def _slice_index(path: Path, index: int | None, n: int) -> int:
-    """``index`` checked against ``n`` slices (None: the file must be 1D), made non-negative."""
-    if index is None:
-        if n > 1:
-            raise _err(
-                path,
-                f"file holds {n} slices (2D); pass slice_index=0..{n - 1} or use read_all_slices",
-            )
-        return 0
-    if not isinstance(index, (int, np.integer)) or not -n <= index < n:
-        raise _err(path, f"slice_index {index!r} out of range; file has {n} slice(s)")
-    return int(index) % n
 
 
 # --------------------------------------------------------------------------- #

@@ -838,12 +838,39 @@ def _b64_float64(path: Path, name: str, text: str | None) -> np.ndarray:
     return np.frombuffer(raw, dtype="<f8").astype(np.float64)
 
 
-class _MagnettechXML:
+class _OneSpectrum:
+    """A format that holds one spectrum: the reader sets ``axis`` (G), ``values``,
+    ``meta``, ``notes`` and what it knows of the rest."""
+
+    n_slices = 1
+    fmt = ""
+    frequency: float | None = None
+    modamp: float | None = None
+    power: float | None = None
+    title: str | None = None
+
+    def slice(self, index: int | None) -> Spectrum:
+        _slice_index(self.path, index, 1)
+        return _make(
+            self.path,
+            self.fmt,
+            self.axis,
+            self.values,
+            self.meta,
+            list(self.notes),
+            frequency_ghz=self.frequency,
+            modulation_amplitude_g=self.modamp,
+            power_mw=self.power,
+            title=self.title,
+        )
+
+
+class _MagnettechXML(_OneSpectrum):
     """An ESRStudio ``.xml`` file: the MW_Absorption curve against the field, which is
     the BField curve (the Hall probe's reading in time) interpolated at the signal's
     times, kept inside the recipe's Bfrom..Bto (as EasySpin's eprload and cwepr)."""
 
-    n_slices = 1
+    fmt = "Magnettech"
 
     def __init__(self, path: Path, field_unit: str | None = None):
         import xml.etree.ElementTree as ET
@@ -979,21 +1006,6 @@ class _MagnettechXML:
                 f"XSlope={curve.get('XSlope')!r}; expected numbers, XSlope > 0",
             )
         return off + slope * np.arange(n)
-
-    def slice(self, index: int | None) -> Spectrum:
-        _slice_index(self.path, index, 1)
-        return _make(
-            self.path,
-            "Magnettech",
-            self.axis,
-            self.values,
-            self.meta,
-            list(self.notes),
-            frequency_ghz=self.frequency,
-            modulation_amplitude_g=self.modamp,
-            power_mw=self.power,
-            title=self.title,
-        )
 
 
 # --------------------------------------------------------------------------- #
@@ -1296,12 +1308,12 @@ class _AdaniJSON:
 # --------------------------------------------------------------------------- #
 # Active Spectrum (benchtop ESR): tab-separated ``.ESR`` text
 # --------------------------------------------------------------------------- #
-class _ActiveSpectrum:
+class _ActiveSpectrum(_OneSpectrum):
     """An Active Spectrum ``.ESR`` file: ``KEY<tab>value`` header lines, then a
     ``FIELD (G)<tab>INTENSITY`` line, then rows of field, the averaged intensity and
     the individual sweeps (one column each). The averaged column is the spectrum."""
 
-    n_slices = 1
+    fmt = "ActiveSpectrum"
 
     def __init__(self, path: Path, field_unit: str | None = None):
         self.path = path
@@ -1365,21 +1377,6 @@ class _ActiveSpectrum:
         self.power = _float(meta.get("MICROWAVE POWER (mW)"))
         self.title = meta.get("SAMPLE NAME") or None
 
-    def slice(self, index: int | None) -> Spectrum:
-        _slice_index(self.path, index, 1)
-        return _make(
-            self.path,
-            "ActiveSpectrum",
-            self.axis,
-            self.values,
-            self.meta,
-            list(self.notes),
-            frequency_ghz=self.frequency,
-            modulation_amplitude_g=None,
-            power_mw=self.power,
-            title=self.title,
-        )
-
 
 # --------------------------------------------------------------------------- #
 # Magnettech MiniScope (MS400 and older, MT500 L-band): binary ``.spe``
@@ -1387,7 +1384,7 @@ class _ActiveSpectrum:
 _SPE_POINTS = (512, 1024, 2048, 4096)
 
 
-class _MagnettechSPE:
+class _MagnettechSPE(_OneSpectrum):
     """An older Magnettech ``.spe`` file, laid out as EasySpin's eprload describes it:
     n little-endian int16 values (n = 512, 1024, 2048 or 4096), then a 64-byte trailer of
     "four-byte singles" (int16 a, int16 b: a + b/100, or b/1000 in the newer variant,
@@ -1395,7 +1392,7 @@ class _MagnettechSPE:
     ..., the flags byte at 60 and the frequency in kHz (3 bytes, big-endian) at 61.
     Checked here on synthetic files only: no real ``.spe`` file was at hand."""
 
-    n_slices = 1
+    fmt = "MagnettechSPE"
 
     def __init__(self, path: Path, field_unit: str | None = None):
         self.path = path
@@ -1433,21 +1430,6 @@ class _MagnettechSPE:
             f"{'newer' if new else 'older'} .spe variant (flags {flags}); layout as EasySpin's "
             "eprload (not checked on a real file here)"
         ]
-
-    def slice(self, index: int | None) -> Spectrum:
-        _slice_index(self.path, index, 1)
-        return _make(
-            self.path,
-            "MagnettechSPE",
-            self.axis,
-            self.values,
-            self.meta,
-            list(self.notes),
-            frequency_ghz=self.frequency,
-            modulation_amplitude_g=self.modamp,
-            power_mw=None,
-            title=None,
-        )
 
 
 # --------------------------------------------------------------------------- #

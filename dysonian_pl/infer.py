@@ -63,6 +63,7 @@ from .readers import (
     UNIT_ASSUMED,
     SpectrumFileError,
     looks_like_spectrum,
+    read_all_slices,
     read_spectrum,
 )
 from .svgplot import overlay_svg
@@ -88,6 +89,8 @@ __all__ = [
     "main",
 ]
 
+#: Which slices of a 2D file `infer_files` reads: the first, or all (one row each).
+SLICES = ("first", "all")
 #: Overlay plot formats: SVG drawn by `svgplot.overlay_svg` (no matplotlib), PNG by matplotlib.
 PLOT_FORMATS = ("svg", "png")
 #: Spectra per forward pass in `predict_arrays`.
@@ -213,6 +216,7 @@ UNITS = {
         "the mean of readings on the main window (zoom) and on windows where the line is "
         "15 % and 25 %"
     ),
+    "slice": "index of the slice read of a 2D file (0: the first); empty for a 1D file",
     "plot": "overlay plot in the output folder (measured, reconstructed line, residual)",
     "status": (
         "ok; unreliable (read, but one line of the model's kind does not explain the "
@@ -1149,7 +1153,7 @@ def _has_sigma(model: Predictor) -> bool:
 
 
 def _columns(model: Predictor, polish: bool) -> list[str]:
-    cols = ["file", "path", "status", *model.names]
+    cols = ["file", "path", "slice", "status", *model.names]
     if _has_sigma(model):
         cols += [f"{n}_sigma" for n in model.names]
     if "p" in model.names:
@@ -1284,6 +1288,7 @@ def infer_files(
     trust: bool = False,
     quiet: bool = False,
     field_unit: str | None = None,
+    slices: str = "first",
 ) -> list[dict]:
     """Predict (B0, dB, p) for every file; write CSV, JSON and overlay plots under `out_dir`.
 
@@ -1295,7 +1300,10 @@ def infer_files(
     rest ``"ok"`` (with or without warnings). `field_unit` (G, mT or T) is the field
     unit of a file that names none (`readers.read_spectrum`); without it such a file is
     read in gauss with a warning. What the reader did beyond the plain case (a unit
-    assumed, decimal commas, which column or slice) is in ``reader_notes``.
+    assumed, decimal commas, which column or slice) is in ``reader_notes``. Of a 2D file
+    (a power, angle, temperature or time series) `slices` ``"first"`` reads the first
+    slice, ``"all"`` every slice, one row each (``file`` "name [slice k]", ``slice`` k,
+    plots "name-slicek").
     `ckpt` is a checkpoint path or an already loaded model (a `Predictor` from
     `load_model`, or a `module.DysonianRegressor`). `progress`: None shows a
     tqdm bar for more than one file when stderr is a terminal. Warnings go to stderr
@@ -1317,10 +1325,11 @@ def infer_files(
     model_axis = field_axis(model.sim)
     relative = bool(getattr(model.sim, "relative_window", False))
     with_sigma = _has_sigma(model)
+    if slices not in SLICES:
+        raise ValueError(f"slices: must be one of {', '.join(SLICES)} (got {slices!r})")
     names = model.names
     inputs = expand_inputs(paths)
-    stems = [Path(p).stem if p else "" for _, p in inputs]
-    plot_names = _plot_names(stems, plot_format) if plots else []
+    stems: list[str] = []  # one per row: the plot's file name stem
 
     show = progress if progress is not None else (len(inputs) > 1 and sys.stderr.isatty())
     bar = None
@@ -1337,43 +1346,74 @@ def infer_files(
     try:
         # 1. read and prepare every file (a window-agnostic model: on the file's own sweep)
         ready: list[tuple[int, Any, Any, np.ndarray, tuple[float, float]]] = []
+
+        def fail(row: dict, e: Exception) -> None:
+            row.update(status="error", error=" ".join(str(e).split()), warnings="")
+            log(f"error: {row['error']}")
+            if bar is not None:
+                bar.update()
+
+        def read_one(row: dict, spec, i: int) -> None:
+            """Prepare one spectrum for the network (on its own sweep for a
+            window-agnostic model) and queue it."""
+            row["reader_notes"] = "; ".join(spec.notes)
+            field_g = np.asarray(spec.field, dtype=np.float64)
+            finite = np.isfinite(field_g) & np.isfinite(np.asarray(spec.intensity, float))
+            sweep = (
+                (float(field_g[finite].min()), float(field_g[finite].max()))
+                if finite.any()
+                else (math.nan, math.nan)
+            )
+            axis = model_axis
+            if relative and finite.sum() >= 16:  # fewer: prepare_real says so
+                if not sweep[1] > sweep[0]:
+                    raise ValueError(
+                        f"{Path(spec.path).name}: every point has the same field "
+                        f"({sweep[0]:g} G); there is no sweep to read"
+                    )
+                axis = np.linspace(sweep[0], sweep[1], model.sim.n_points)
+            prep = prepare_real(spec.field, spec.intensity, axis, name=Path(spec.path).name)
+            ready.append((i, spec, prep, axis, sweep))
+
         for shown, path in inputs:
-            row: dict[str, Any] = {"file": Path(shown).name, "path": shown, "status": "ok"}
-            row.update({n: math.nan for n in names})
-            rows.append(row)
+            base: dict[str, Any] = {"file": Path(shown).name, "path": shown, "status": "ok"}
+            base.update({n: math.nan for n in names})
             try:
                 if path is None:
                     raise SpectrumFileError(
-                        f"{shown}: no spectrum file in this folder or its sub-folders "
-                        "(.DSC/.DTA, .par/.spc, .txt/.csv/.asc/.dat)"
+                        f"{shown}: no spectrum file in this folder or its sub-folders ({SUPPORTED})"
                         if os.path.isdir(shown)
                         else f"{shown}: no file matches this pattern"
                     )
-                spec = read_spectrum(path, field_unit=field_unit)
-                row["reader_notes"] = "; ".join(spec.notes)
-                field_g = np.asarray(spec.field, dtype=np.float64)
-                finite = np.isfinite(field_g) & np.isfinite(np.asarray(spec.intensity, float))
-                sweep = (
-                    (float(field_g[finite].min()), float(field_g[finite].max()))
-                    if finite.any()
-                    else (math.nan, math.nan)
-                )
-                axis = model_axis
-                if relative and finite.sum() >= 16:  # fewer: prepare_real says so
-                    if not sweep[1] > sweep[0]:
-                        raise ValueError(
-                            f"{Path(path).name}: every point has the same field "
-                            f"({sweep[0]:g} G); there is no sweep to read"
-                        )
-                    axis = np.linspace(sweep[0], sweep[1], model.sim.n_points)
-                prep = prepare_real(spec.field, spec.intensity, axis, name=Path(spec.path).name)
+                if slices == "all":
+                    specs = read_all_slices(path, field_unit=field_unit)
+                else:
+                    specs = [read_spectrum(path, field_unit=field_unit)]
             except (SpectrumFileError, ValueError, OSError) as e:
-                row.update(status="error", error=" ".join(str(e).split()), warnings="")
-                log(f"error: {row['error']}")
-                if bar is not None:
-                    bar.update()
+                rows.append(base)
+                stems.append("")
+                fail(base, e)
                 continue
-            ready.append((len(rows) - 1, spec, prep, axis, sweep))
+            n_slices = int(specs[0].metadata.get("n_slices", 1))
+            if bar is not None and len(specs) > 1:
+                bar.total += len(specs) - 1
+                bar.refresh()
+            for j, spec in enumerate(specs):
+                row = dict(base)
+                rows.append(row)
+                stem = Path(path).stem
+                if n_slices > 1:
+                    index = int(spec.metadata.get("slice_index", j))
+                    row["slice"] = index
+                    if len(specs) > 1:
+                        row["file"] = f"{base['file']} [slice {index}]"
+                        stem = f"{stem}-slice{index}"
+                stems.append(stem)
+                try:
+                    read_one(row, spec, len(rows) - 1)
+                except (SpectrumFileError, ValueError, OSError) as e:
+                    fail(row, e)
+        plot_names = _plot_names(stems, plot_format) if plots else []
 
         # 2. batched forward passes (nominal units for a window-agnostic model), then,
         # for a window-agnostic model, narrow lines again on windows zoomed around them
@@ -1562,6 +1602,13 @@ def _parser() -> argparse.ArgumentParser:
         "are read in gauss (text and CIQTEK files with a warning). A unit the file names "
         "always wins",
     )
+    ap.add_argument(
+        "--slices",
+        choices=SLICES,
+        default="first",
+        help="of a 2D file (a power, angle, temperature or time series): read the first "
+        "slice (default) or all, one row and one plot each",
+    )
     ap.add_argument("--out", default="infer_out", help="output folder (default: infer_out)")
     ap.add_argument("--no-plots", action="store_true", help="do not write overlay plots")
     ap.add_argument(
@@ -1634,6 +1681,7 @@ def main(argv: list[str] | None = None) -> int:
             polish=args.polish,
             progress=True if args.progress else None,
             field_unit=args.field_unit,
+            slices=args.slices,
         )
     except OSError as e:  # output folder not writable and the like
         if args.verbose:

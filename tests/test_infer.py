@@ -654,3 +654,33 @@ def test_png_overlay_title_stays_inside_the_figure(monkeypatch, name):
     lines = title_text.get_text().split("\n")
     assert any("dB = 1.635 ± 0.018 G" in line for line in lines), lines  # not broken
     assert any("B0 = 3383.44 ± 0.09 G" in line for line in lines), lines
+
+
+def test_slices_all_reads_every_slice_of_a_2d_file(rel_model, tmp_path):
+    # a BDPA field sweep repeated 10 times (cwepr's test file): --slices all gives one row
+    # and one plot per slice, the default only the first (slice 0), a 1D file no slice
+    bdpa = Path(__file__).resolve().parent / "data" / "external" / "cwepr-0.5.1"
+    files = [str(bdpa / "BDPA-2DFieldDelay.DSC"), str(bdpa / "test-magnettech.xml")]
+    rows = infer.infer_files(files, rel_model, tmp_path / "all", slices="all", quiet=True)
+    assert len(rows) == 11
+    assert [r["slice"] for r in rows[:10]] == list(range(10)) and rows[10].get("slice") is None
+    assert rows[3]["file"] == "BDPA-2DFieldDelay.DSC [slice 3]"
+    assert rows[3]["reader_notes"] == "slice 3 of 10 (Time = 98.86 s)"  # from the .YGF
+    assert [r["plot"] for r in rows[:2]] == [
+        "BDPA-2DFieldDelay-slice0.svg",
+        "BDPA-2DFieldDelay-slice1.svg",
+    ]
+    assert all((tmp_path / "all" / r["plot"]).is_file() for r in rows)
+    table = _read_csv(tmp_path / "all" / "predictions.csv")
+    assert [t["slice"] for t in table] == [str(k) for k in range(10)] + [""]
+    # the same spectrum read alone or as one of ten: the same numbers (to float32 rounding
+    # of a batch of 11 against 1)
+    first = infer.infer_files(files[:1], rel_model, tmp_path / "first", quiet=True)
+    assert len(first) == 1 and first[0]["slice"] == 0
+    assert (
+        first[0]["file"] == "BDPA-2DFieldDelay.DSC" and first[0]["plot"] == "BDPA-2DFieldDelay.svg"
+    )
+    for name in ("B0", "dB", "p"):
+        assert first[0][name] == pytest.approx(rows[0][name], rel=1e-6)
+    with pytest.raises(ValueError, match="slices: must be one of first, all"):
+        infer.infer_files(files, rel_model, tmp_path / "x", slices="some")

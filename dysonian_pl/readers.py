@@ -1098,6 +1098,13 @@ class _CIQTEK:
             self.slices.append((pairs[:, 0] * factor, pairs[:, 1], entry))
         if any("ImData" in e for e in lines):
             notes.append("in-phase trace (ReData) used; quadrature (ImData) ignored")
+        # a trace stored twice (EasySpin's CIQTEK_2D.epr ends with its last slice again)
+        self.repeats: dict[int, int] = {}
+        for i, (f_i, y_i, _) in enumerate(self.slices):
+            for j, (f_j, y_j, _) in enumerate(self.slices[:i]):
+                if j not in self.repeats and np.array_equal(f_i, f_j) and np.array_equal(y_i, y_j):
+                    self.repeats[i] = j
+                    break
         self.n_slices = len(self.slices)
         self.frequency = _float(setting.get("frequency"))
         if self.frequency is None:
@@ -1128,6 +1135,8 @@ class _CIQTEK:
                     if key == "power":
                         power = v
                     break
+            if index in self.repeats:
+                desc += f": the same data as slice {self.repeats[index]} (stored twice)"
             notes.append(desc)
         return _make(
             self.path,

@@ -262,6 +262,18 @@ def test_ciqtek_2d_power_series_and_mt_axis(tmp_path):
     assert read_spectrum(f, slice_index=-1).metadata["slice_y_value"] == "2.0"
     _one_line_error(f, "holds 2 slices", slice_index=None)
     _one_line_error(f, "out of range", slice_index=2)
+    assert not any("stored twice" in n for s in slices for n in s.notes)
+
+
+def test_ciqtek_a_slice_stored_twice_is_said(tmp_path):
+    # EasySpin's CIQTEK_2D.epr: Delay_0 .. Delay_4, then Delay_4 again
+    f = tmp_path / "delay.epr"
+    field = np.linspace(3302.543, 3402.543, 100)
+    traces = [(field, np.sin(field + k), {"delay": str(k)}) for k in range(3)]
+    _ciqtek(f, traces + [traces[-1]], exp_type="CW EPR/2D Field-Delay Sweep")
+    notes = [s.notes[-1] for s in read_all_slices(f)]
+    assert notes[3] == "slice 3 of 4 (delay = 2): the same data as slice 2 (stored twice)"
+    assert notes[2] == "slice 2 of 4 (delay = 2)"
 
 
 def test_ciqtek_unit_unstated_is_assumed_then_given(tmp_path):

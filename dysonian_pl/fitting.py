@@ -648,7 +648,14 @@ def json_safe(obj):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .readers import FIELD_UNITS, SUPPORTED, UNIT_ASSUMED, SpectrumFileError, read_spectrum
+    from .readers import (
+        FIELD_UNITS,
+        SUPPORTED,
+        UNIT_ASSUMED,
+        SpectrumFileError,
+        read_all_slices,
+        read_spectrum,
+    )
 
     ap = argparse.ArgumentParser(
         prog="python -m dysonian_pl lsq",
@@ -663,30 +670,53 @@ def main(argv: list[str] | None = None) -> int:
         help="the field unit of files that name none (default: gauss, with a warning for a "
         "text export)",
     )
+    ap.add_argument(
+        "--slices",
+        choices=("first", "all"),
+        default="first",
+        help="of a 2D file: fit the first slice (default) or every slice, one row each",
+    )
     ap.add_argument("--out", help="write a CSV of the results here")
     ap.add_argument("--json", help="write a JSON of the results here")
     args = ap.parse_args(argv)
 
     rows: list[tuple[str, FitResult | None, str]] = []
     failed = 0
+
+    def fail(name: str, path, exc: Exception) -> None:
+        nonlocal failed
+        msg = " ".join(str(exc).split())
+        if not isinstance(exc, SpectrumFileError):
+            msg = f"{Path(path).name}: {msg}"
+        print(f"error: {msg}", file=sys.stderr)
+        rows.append((name, None, msg))
+        failed += 1
+
     for path in args.files:
-        name = str(path)
         try:
-            spec = read_spectrum(path, field_unit=args.field_unit)
+            if args.slices == "all":
+                specs = read_all_slices(path, field_unit=args.field_unit)
+            else:
+                specs = [read_spectrum(path, field_unit=args.field_unit)]
+        except (SpectrumFileError, ValueError) as exc:
+            fail(str(path), path, exc)
+            continue
+        for spec in specs:
+            name = str(path)
+            if len(specs) > 1:
+                name += f" [slice {spec.metadata.get('slice_index')}]"
             if spec.field_unit_assumed:
                 print(
                     f"warning: {Path(path).name}: {UNIT_ASSUMED.format(where='')}", file=sys.stderr
                 )
-            r = fit_spectrum(spec.field, spec.intensity, geometry=args.geometry, start=args.start)
-        except (SpectrumFileError, ValueError) as exc:
-            msg = " ".join(str(exc).split())
-            if not isinstance(exc, SpectrumFileError):
-                msg = f"{Path(path).name}: {msg}"
-            print(f"error: {msg}", file=sys.stderr)
-            rows.append((name, None, msg))
-            failed += 1
-            continue
-        rows.append((name, r, ""))
+            try:
+                r = fit_spectrum(
+                    spec.field, spec.intensity, geometry=args.geometry, start=args.start
+                )
+            except ValueError as exc:
+                fail(name, path, exc)
+                continue
+            rows.append((name, r, ""))
 
     done = [(n, r) for n, r, _ in rows if r is not None]
     if done:

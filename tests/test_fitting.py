@@ -291,3 +291,18 @@ def test_lsq_field_unit_for_a_text_file_without_one(tmp_path, capsys):
     (row,) = csv.DictReader(out.open())
     assert float(row["B0"]) == pytest.approx(3375.0, abs=0.1)
     assert float(row["dB"]) == pytest.approx(10.0, rel=1e-3)
+
+
+def test_lsq_slices_all_fits_every_slice(tmp_path, capsys):
+    # cwepr's BDPA field sweep repeated 10 times: one row per slice with --slices all
+    bdpa = Path(__file__).resolve().parent / "data" / "external" / "cwepr-0.5.1"
+    f = bdpa / "BDPA-2DFieldDelay.DSC"
+    out = tmp_path / "all.csv"
+    assert main([str(f), "--slices", "all", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["file"] for r in rows] == [f"{f} [slice {k}]" for k in range(10)]
+    b0 = np.array([float(r["B0"]) for r in rows])
+    assert np.all(np.abs(b0 - 3516.02) < 0.02)  # BDPA at 9.8 GHz, the same line ten times
+    assert main([str(f), "--out", str(out)]) == 0
+    (row,) = csv.DictReader(out.open())
+    assert row["file"] == str(f) and float(row["B0"]) == pytest.approx(b0[0], abs=1e-9)

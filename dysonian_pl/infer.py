@@ -1317,6 +1317,8 @@ def infer_files(
         raise ValueError(
             f"plot_format: must be one of {', '.join(PLOT_FORMATS)} (got {plot_format!r})"
         )
+    if slices not in SLICES:
+        raise ValueError(f"slices: must be one of {', '.join(SLICES)} (got {slices!r})")
     model = load_model(ckpt, trust=trust) if isinstance(ckpt, (str, os.PathLike)) else ckpt
     if not hasattr(model, "checkpoint_meta"):
         model.checkpoint_meta = {"path": None, "format": CHECKPOINT_FORMAT}
@@ -1325,8 +1327,6 @@ def infer_files(
     model_axis = field_axis(model.sim)
     relative = bool(getattr(model.sim, "relative_window", False))
     with_sigma = _has_sigma(model)
-    if slices not in SLICES:
-        raise ValueError(f"slices: must be one of {', '.join(SLICES)} (got {slices!r})")
     names = model.names
     inputs = expand_inputs(paths)
     stems: list[str] = []  # one per row: the plot's file name stem

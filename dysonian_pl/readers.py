@@ -30,6 +30,7 @@ Formats:
   quadrature parts (from the detector's samples over one modulation period, or the
   lock-in's two values in newer files), taken along their principal direction with the
   sign of the stored phase; the axis from CenterMagneticField and SweepWidth (mT).
+  Checked on EasySpin's two example files (tests/data/external/easyspin-adani).
 * Active Spectrum ``.ESR``: tab-separated header, ``FIELD (G)``, then field, averaged
   intensity and the single sweeps; the averaged column is read.
 

@@ -210,3 +210,49 @@ def test_magnettech_xml_as_cwepr_reads_it(path):
     assert s.modulation_amplitude_g == pytest.approx(modamp, rel=1e-12)  # mT -> G
     assert s.power_mw == power
     assert s.metadata["RecipeType"] == recipe
+
+
+# Adani e-Spinoza JSON, EasySpin's two test files (transcribed: PROVENANCE.md). The
+# reference here is eprload's own formula, computed in the test, and the lines' places.
+ADANI = EXT / "easyspin-adani"
+
+
+def _zero_crossing(field: np.ndarray, y: np.ndarray, lo: float, hi: float) -> float:
+    """Field where a first-derivative line crosses zero between its two extrema."""
+    m = (field > lo) & (field < hi)
+    x, v = field[m], y[m]
+    a, b = sorted((int(np.argmax(v)), int(np.argmin(v))))
+    seg = v[a : b + 1]
+    k = int(np.flatnonzero(np.diff(np.sign(seg)) != 0)[0])
+    return float(x[a + k] + (x[a + k + 1] - x[a + k]) * seg[k] / (seg[k] - seg[k + 1]))
+
+
+def test_adani_1d_json_as_eprload_reads_it():
+    import json
+
+    path = ADANI / "1d.json"
+    s = read_spectrum(path, slice_index=None)
+    assert s.source_format == "Adani" and s.n_points == 1000
+    assert s.field[0] == pytest.approx(3300.0) and s.field[-1] == pytest.approx(3450.0)
+    assert s.frequency_ghz == pytest.approx(9.438158, rel=1e-12)
+    doc = json.loads(path.read_text())
+    frames = np.array([p["Points"] for p in doc["Values"][0]["Values"]])
+    eprload = frames @ np.sin(2 * np.pi * np.arange(14) / 14 + doc["Phase"])
+    # the same line shape as eprload's projection, up to a scale (the signal's own phase)
+    assert np.corrcoef(eprload, s.intensity)[0, 1] > 0.9998
+    centres = [_zero_crossing(s.field, s.intensity, lo, lo + 25) for lo in (3318, 3367, 3405)]
+    np.testing.assert_allclose(centres, [3330.97, 3379.09, 3417.23], atol=0.05)
+    assert "33 degrees from the stored Phase=0" in s.notes[0]
+
+
+def test_adani_mn_json_two_values_per_point():
+    s = read_spectrum(ADANI / "Mn.json")
+    assert s.n_points == 1000 and s.frequency_ghz == pytest.approx(9.383722, rel=1e-12)
+    assert s.field[0] == pytest.approx(3263.7546644344627)
+    low, high = (_zero_crossing(s.field, s.intensity, lo, lo + 30) for lo in (3280, 3368))
+    # the two central Mn2+ lines, 8.65 mT apart (Mn2+:MgO, A ~ 8.7 mT)
+    assert low == pytest.approx(3295.77, abs=0.05) and high == pytest.approx(3382.25, abs=0.05)
+    assert "18 degrees from the stored PhaseRadians=2.68432" in s.notes[0]
+    # signed by cos(phi) I + sin(phi) Q: the low-field lobe positive, the usual orientation
+    m = (s.field > 3280) & (s.field < 3310)
+    assert np.argmax(s.intensity[m]) < np.argmin(s.intensity[m])

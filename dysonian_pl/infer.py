@@ -203,7 +203,7 @@ UNITS = {
     "sweep_hi": "G",
     "window_lo": (
         "G (the window of the main reading: the sweep, or a zoom around a narrow line; "
-        "the overlay's)"
+        "the overlay's, except for an unreliable row, whose overlay shows the whole sweep)"
     ),
     "window_hi": "G",
     "zoom": (
@@ -1517,10 +1517,15 @@ def infer_files(
                     _fmt_value(n, float(v), float(e) if with_sigma else None)
                     for n, v, e in zip(names, params, sigma, strict=True)
                 )
+                shown = (axis, prep.spectrum, fit.reconstructed_norm, covered)
                 if row["status"] == "unreliable":
-                    title += "  (unreliable: not one line of this kind)"
+                    title += "  (unreliable: not one line of this kind"
+                    if k in whole:  # read zoomed: show the sweep one line fails to explain
+                        shown = (w_axis, w_prep.spectrum, check.reconstructed_norm, w_covered)
+                        title += "; the whole sweep shown"
+                    title += ")"
                 draw = _overlay_png if plot_format == "png" else overlay_svg
-                image = draw(axis, prep.spectrum, fit.reconstructed_norm, covered, title)
+                image = draw(*shown, title)
                 _atomic_write(out / plot_names[i], image)
                 row["plot"] = plot_names[i]
             row["warnings"] = "; ".join(warns)

@@ -20,6 +20,7 @@ from dysonian_pl import infer, npnet
 from dysonian_pl.infer import ZOOM_BELOW, ZOOM_MIN_FRACTION, ZOOM_TARGET, zoom_window
 from dysonian_pl.lineshapes import dysonian
 from dysonian_pl.simulate import simulate
+from dysonian_pl.svgplot import overlay_svg
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real_spectra"
@@ -317,13 +318,26 @@ def test_a_file_without_a_field_unit_is_warned_and_field_unit_reads_it(
     assert "--field-unit: invalid choice: 'mG'" in capsys.readouterr().err
 
 
-def test_infer_says_when_a_spectrum_is_not_one_line(tmp_path: Path) -> None:
+def test_infer_says_when_a_spectrum_is_not_one_line(tmp_path: Path, monkeypatch) -> None:
     field = np.linspace(3300.0, 3500.0, 2048)
     three = sum(dysonian(field, b, 4.0, 0.3, "plate") for b in (3350.0, 3400.0, 3450.0))
     f = _write_text_spectrum(tmp_path / "triplet.csv", field, three)
+    shown = {}
+
+    def spy(axis, measured, recon, covered, title):
+        shown.update(lo=axis[covered].min(), hi=axis[covered].max(), title=title)
+        return overlay_svg(axis, measured, recon, covered, title)
+
+    monkeypatch.setattr(infer, "overlay_svg", spy)
     (row,) = infer.infer_files([f], infer.default_checkpoint(), tmp_path / "out")
     svg = (tmp_path / "out" / row["plot"]).read_text()
-    assert "(unreliable: not one line of this kind)</title>" in svg
+    # one line of the triplet was read zoomed (4 G lines in a 200 G sweep); the overlay
+    # shows the whole sweep, where one line does not explain the signal
+    assert row["zoom"] > 1.5
+    assert "(unreliable: not one line of this kind; the whole sweep shown)</title>" in svg
+    assert shown["lo"] == pytest.approx(3300.0, abs=0.2) and shown["hi"] == pytest.approx(
+        3500.0, abs=0.2
+    )
     # read, numbers kept, but the status says not to trust them (a filter on status drops it)
     assert row["status"] == "unreliable" and np.isfinite(row["B0"])
     assert row["rms_residual"] > infer.RMS_WARN or row["explained"] < infer.EXPLAINED_WARN

@@ -256,3 +256,18 @@ def test_adani_mn_json_two_values_per_point():
     # signed by cos(phi) I + sin(phi) Q: the low-field lobe positive, the usual orientation
     m = (s.field > 3280) & (s.field < 3310)
     assert np.argmax(s.intensity[m]) < np.argmin(s.intensity[m])
+
+
+def test_ciqtek_1d_epr_nitroxide_triplet():
+    # EasySpin's CIQTEK_1D.epr (transcribed: PROVENANCE.md): a nitroxide triplet at X band
+    s = read_spectrum(EXT / "easyspin-ciqtek" / "CIQTEK_1D.epr", slice_index=None)
+    assert s.source_format == "CIQTEK" and s.n_points == 1024
+    assert s.field[0] == 3440.6 and s.field[-1] == 3540.6  # StartField, StopField
+    assert s.frequency_ghz == 9.80270021012544  # the trace's own freq
+    assert s.power_mw == 3.162278 and s.modulation_amplitude_g == 1.0
+    assert s.intensity[:3].tolist() == [0.0, 0.013782, 0.024655]
+    lines = [_zero_crossing(s.field, s.intensity, lo, lo + 12) for lo in (3468, 3484, 3500)]
+    # 14N hyperfine about 17 G; the centre line's g is the file's own "Center" 2.0066
+    np.testing.assert_allclose(np.diff(lines), [16.88, 17.02], atol=0.05)
+    g = 0.71447702 * 9802.70021012544 / lines[1]  # h nu / (mu_B B), nu in MHz, B in G
+    assert g == pytest.approx(float(s.metadata["lineEdit_1DFieldSweep_Center"]), abs=5e-5)

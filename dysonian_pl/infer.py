@@ -53,7 +53,7 @@ import numpy as np
 from . import CHECKPOINT_FORMAT, __version__
 from .atomic import atomic_open
 from .calibration import apply_bias, apply_calibration, beyond_range
-from .lineshapes import ad_ratio, dysonian, joshi, p_fold, p_twin
+from .lineshapes import ad_ratio, dysonian, g_factor, joshi, p_fold, p_twin
 from .npnet import ModelFileError, NumpyPredictor, load_npz, sha256_of
 from .params import GEOMETRIES, PARAMETERS, field_axis
 from .preprocess import normalise, prepare_real
@@ -234,6 +234,12 @@ UNITS = {
         "of A/D, dysonian_pl.lineshapes.p_twin); empty/null where there is none"
     ),
     "p_twin_sigma": "standard deviation of p_twin (p_sigma propagated through A/D)",
+    "frequency_ghz": "GHz, the microwave frequency the file states; empty where it states none",
+    "g": (
+        "h nu / (mu_B B0) from the file's frequency (dysonian_pl.lineshapes.g_factor); empty "
+        "without a frequency"
+    ),
+    "g_sigma": "g * B0_sigma / B0 (the file's frequency taken as exact)",
     "alpha_sigma": "calibrated standard deviation of alpha",
 }
 
@@ -1158,6 +1164,8 @@ def _columns(model: Predictor, polish: bool) -> list[str]:
         cols += [f"{n}_sigma" for n in model.names]
     if "p" in model.names:
         cols += ["p_twin", "p_twin_sigma"] if _has_sigma(model) else ["p_twin"]
+    if "B0" in model.names:
+        cols += ["frequency_ghz", "g", "g_sigma"] if _has_sigma(model) else ["frequency_ghz", "g"]
     cols += ["amplitude", "baseline_offset", "baseline_slope", "rms_residual", "explained"]
     cols += ["flipped", "coverage", "sweep_lo", "sweep_hi", "window_lo", "window_hi", "zoom"]
     cols += ["B0_zoom"]
@@ -1491,6 +1499,13 @@ def infer_files(
                 row.update({f"{n}_sigma": float(v) for n, v in zip(names, sigma, strict=True)})
                 if "p" in names:
                     row["p_twin_sigma"] = twin_sigma(model, row["p"], row["p_sigma"], row["p_twin"])
+            freq = spec.frequency_ghz
+            if "B0" in names and freq is not None and math.isfinite(freq) and freq > 0:
+                row["frequency_ghz"] = float(freq)
+                if row["B0"] > 0:
+                    row["g"] = float(g_factor(freq, row["B0"]))
+                    if with_sigma:
+                        row["g_sigma"] = row["g"] * row["B0_sigma"] / row["B0"]
             row.update(
                 amplitude=fit.amplitude,
                 baseline_offset=fit.offset,

@@ -64,6 +64,7 @@ __all__ = [
     "ad_ratio",
     "dyson_coefficients",
     "dysonian",
+    "g_factor",
     "joshi",
     "p_fold",
     "p_twin",
@@ -409,3 +410,16 @@ def joshi(
         alpha * (4.0 * v2 - dB2) - 8.0 * dB * v
     ) / (den_v * den_v)
     return out[()] if out.ndim == 0 else out
+
+
+# h / mu_B in gauss per megahertz: h exact (SI 2019), mu_B = 9.2740100657e-24 J/T (CODATA
+# 2022); 1 T = 1e4 G. g = h nu / (mu_B B0).
+_H_OVER_MU_B_G_PER_MHZ = 6.62607015e-34 / 9.2740100657e-24 * 1e4 * 1e6  # 0.71447735
+
+
+def g_factor(frequency_ghz, field_g):
+    """The g factor h nu / (mu_B B) of a line at ``field_g`` (G) in a spectrometer at
+    ``frequency_ghz`` (GHz); arrays broadcast. (9.5 GHz and 3389.8 G: 2.0023, a free
+    electron.)"""
+    nu_mhz = np.asarray(frequency_ghz, dtype=np.float64) * 1e3
+    return _H_OVER_MU_B_G_PER_MHZ * nu_mhz / np.asarray(field_g, dtype=np.float64)

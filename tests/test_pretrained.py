@@ -508,3 +508,23 @@ def test_an_unphysical_p_is_named_as_such(tmp_path: Path) -> None:
     assert "outside the training range" not in row["warnings"]
     assert row["explained"] < infer.EXPLAINED_WARN
     assert "not one line of this model's kind" in row["warnings"]
+
+
+def test_infer_reports_g_where_the_file_states_the_frequency(tmp_path: Path) -> None:
+    from dysonian_pl.lineshapes import g_factor
+    from dysonian_pl.readers import read_spectrum
+
+    gon = REPO / "tests" / "data" / "external" / "cwepr-0.5.1"
+    f = gon / "20201216_120054089_goniometersweep-testdata_F_gon_10dg.xml"
+    field = np.linspace(3300.0, 3500.0, 2048)
+    text = _write_text_spectrum(tmp_path / "line.csv", field, dysonian(field, 3400, 8, 1, "plate"))
+    rows = infer.infer_files([f, text], infer.default_checkpoint(), tmp_path / "o", plots=False)
+    mt, txt = rows
+    assert mt["frequency_ghz"] == read_spectrum(f).frequency_ghz == 9.49276843185336
+    assert mt["g"] == pytest.approx(float(g_factor(mt["frequency_ghz"], mt["B0"])), rel=1e-15)
+    assert mt["g_sigma"] == pytest.approx(mt["g"] * mt["B0_sigma"] / mt["B0"], rel=1e-12)
+    assert 2.0 < mt["g"] < 2.01 and mt["g_sigma"] < 1e-4  # a g ~ 2 line, B0 to 0.1 G
+    assert txt["frequency_ghz"] is None and txt["g"] is None and txt["g_sigma"] is None
+    with open(tmp_path / "o" / "predictions.csv", newline="") as fh:
+        table = list(csv.DictReader(line for line in fh if not line.startswith("#")))
+    assert float(table[0]["g"]) == pytest.approx(mt["g"], rel=1e-9) and table[1]["g"] == ""

@@ -271,3 +271,20 @@ def test_ciqtek_1d_epr_nitroxide_triplet():
     np.testing.assert_allclose(np.diff(lines), [16.88, 17.02], atol=0.05)
     g = 0.71447702 * 9802.70021012544 / lines[1]  # h nu / (mu_B B), nu in MHz, B in G
     assert g == pytest.approx(float(s.metadata["lineEdit_1DFieldSweep_Center"]), abs=5e-5)
+
+
+def test_g_factor_matches_ciqteks_own_g_axis():
+    # the CIQTEK file carries the spectrometer software's g for every field point (gData,
+    # 6 decimals): dysonian_pl.lineshapes.g_factor agrees to that rounding at all 1024
+    import json
+
+    from dysonian_pl.lineshapes import g_factor
+
+    line = json.loads((EXT / "easyspin-ciqtek" / "CIQTEK_1D.epr").read_text())["dataStore"][
+        "lineDataList"
+    ][0]
+    field = np.array(line["ReData"])[:, 0]
+    theirs = np.array(line["gData"])[:, 0]
+    ours = g_factor(line["freq"], field)
+    assert np.abs(ours - theirs).max() <= 5.1e-7
+    assert theirs[0] == 2.035635 and ours[0] == pytest.approx(2.035635, abs=5e-7)

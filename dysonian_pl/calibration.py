@@ -21,7 +21,20 @@ u = log(dB / window width), r = p / p_fold (the error in p grows towards the fol
 A/D, `lineshapes.p_fold`), and s = log(the parameter's own sigma, relative to the
 window width for B0 and dB), centred on its mean over the fitting draw (the
 likelihood-trained sigmas spread too little or too much between easy and hard lines),
-all from the *predicted* values, never the truth. The
+all from the *predicted* values, never the truth. Since version 8 also, for a zoomed
+reading, c = (B0 - the window's centre) / dB as c, c^2, |c|, c^3: how far this reading
+moved the line from where the reading before put it (the window's centre), or, where
+an end of the sweep cut the window, how far off centre the line had to be read. Over
+the fitting draw a zoomed B0 was read a median 0.05 line widths from its window's
+centre, ten times its median error, and the network pulls a line off centre towards
+it (correlation of c with B0's error -0.6); such lines, and those of cut windows, are
+read worse, and without c their errors widened every zoomed sigma, so that on the
+prior-work sets, whose lines are narrow corners of the fitting draw placed well (set-2:
+a median 0.012 line widths off centre), B0's ±1σ held up to 80 %. And for p nine hat
+functions of r (`P_KNOTS`): p's error, relative
+to its sigma, rises and falls with p (over the fitting draw ±1σ held 0.76 / 0.55 /
+0.73 / 0.58 / 0.74 of the errors for true p in 0-0.5 / 0.5-1 / 1-1.5 / 1.5-2 / 2-2.7),
+which the cubic in r does not follow; set-1, whose p lies in 0.5-2, had ±1σ 0.61. The
 weights minimise the Gaussian negative log-likelihood of the errors (scipy, when
 fitting only); then the constant term is set so that the ±1 sigma and ±2 sigma
 coverage of the fitting draw lie as deep inside the bands 0.63-0.73 and 0.92-0.97 as
@@ -37,9 +50,22 @@ dB * (1 + w_b . f) with w_b the least-squares fit of the truth on that draw (sha
 features only; the correction bounded by its range there, so a line unlike any of them
 gets no larger one); `apply_bias` applies it, before `apply_calibration`, and the sigmas
 are fitted on, and apply to, the corrected values. On the `sets` draws it lowered dB's
-MAE by 2-31 % (set-4 0.395 -> 0.273 G, set-2 2.60 -> 2.53 G). B0 and p are not
-corrected: the same fit lowered B0's MAE (set-2 2.0 -> 1.4 G) but left its sigmas too
-wide on three of the six sets (±1σ 0.74-0.87), and made p 20-65 % worse on the plate sets.
+MAE by 2-31 % (set-4 0.395 -> 0.273 G, set-2 2.60 -> 2.53 G). Since version 8 B0 is
+corrected too, to B0 + dB * (w_0 . f), with the shared features and the hats of r
+apart for zoomed and whole-sweep readings (`BIAS_FEATURES`): B0's mean error is a few
+thousandths of dB, and it follows p (plate: -4 to -8 thousandths for p / p_fold
+0.6-0.8, +1 beyond; sphere: +9 to +12 beyond 0.5), which on the narrow sets, whose
+scatter is as small, was most of the error (set-2 2.0 -> 1.2 G, set-6 0.077 ->
+0.051 G on cached readings). With version 7's features alone that correction left B0's
+sigmas too wide on three sets (±1σ 0.74-0.87); with c it does not. And p, to
+p + w_2 . (hats of r at 0.2-0.8): its mean error rises and falls with p as much as its
+scatter (plate ensemble, thousandths: +7 at p / p_fold 0.3, -5 at 0.6, +18 at 0.85),
+which version 7's polynomial could not follow (it made p 20-65 % worse on the plate
+sets). Below 0.1 and above 0.9 p_fold the correction is 0: there the mean error is the
+pull of the trained range's ends (-80 thousandths at the lower end, where the networks
+read no simulated line below p = 0.13), and correcting it pushed the thin BDPA line of
+shared/ from p = 0.056 to -0.046. On cached readings the hats brought p's MAE 6-20 %
+lower on all six sets.
 
 Beyond the simulated lines: the fitted factor is mostly below 1 (the network's own
 sigmas are wide) and, for p and dB read zoomed, barely depends on the sigma itself (on
@@ -71,10 +97,14 @@ __all__ = [
     "SHARED",
     "TWO_SIGMA",
     "BANDS",
+    "BIAS_FEATURES",
+    "HATTED",
+    "HATS",
     "apply_bias",
     "apply_calibration",
     "beyond_range",
     "features",
+    "outside_answers",
     "fit_calibration",
 ]
 
@@ -83,15 +113,47 @@ ONE_SIGMA = math.erf(1 / math.sqrt(2))
 TWO_SIGMA = math.erf(2 / math.sqrt(2))
 #: the coverage bands a calibrated sigma is held to (issue 6): ±1σ, ±2σ
 BANDS = ((0.63, 0.73), (0.92, 0.97))
-#: names of the columns of `features`
-FEATURES = (
-    "1", "zoomed", "l", "l^2", "u", "u^2", "r", "r^2", "r^3", "u r", "u r^2", "s", "s^2",
+#: the features shared by every parameter (`features`)
+SHARED_NAMES = (
+    "1", "zoomed", "l", "l^2", "u", "u^2", "r", "r^2", "r^3", "u r", "u r^2",
+    "zoomed c", "zoomed c^2", "zoomed |c|", "zoomed c^3",
 )  # fmt: skip
-#: the features shared by every parameter (`features`); "s", "s^2" are each parameter's own
-SHARED = 11
-CALIBRATION_VERSION = 7
-#: the parameters (indices into B0, dB, p) whose value `apply_bias` corrects: dB
-DEBIASED = (1,)
+SHARED = len(SHARED_NAMES)
+#: the range r = p / p_fold is clipped to in every feature: the networks' answers on the
+#: fitting draw (trained below the fold; none below 0.05), so that a line read outside it
+#: (a thin sample's p near 0, a p beyond the fold) gets the factor and correction of the
+#: nearest simulated lines, not an extrapolation of a polynomial (before version 8 r was
+#: clipped to 0-3, and strong1's p of -0.007 got a sigma of 0.10 from the cubic at r = 0,
+#: 0.28 with version 8's weights until this clip)
+R_RANGE = (0.05, 1.0)
+#: knots of the hat functions of r = p / p_fold (`_hats`): piecewise linear in r from
+#: 0.1 to 1, flat beyond, so that a line read outside them gets no factor or correction
+#: the fitting draw did not have (the networks read no simulated line below r = 0.05,
+#: and the value at r = 0 would be an extrapolation: it gave BDPA's p a sigma of 1.3)
+P_KNOTS = tuple(k / 10 for k in range(1, 11))
+#: the hats' names (the first knot's hat is left out: with the constant they would sum to 1)
+HATS = tuple(f"hat r={k:g}" for k in P_KNOTS[1:])
+#: names of the columns of a sigma's factor: shared, hats of r (weight 0 except for the
+#: parameters in `HATTED`), the parameter's own log sigma and its square
+FEATURES = SHARED_NAMES + HATS + ("s", "s^2")
+#: the parameters whose sigma factor follows p in hats: p's (its error rises and falls
+#: with p in a way no cubic follows; on B0 and dB the hats made the sets' coverage worse)
+HATTED = (2,)
+#: names of the columns of the mean-error correction (`_bias_features`): the shared
+#: features, the hats of r, and the hats of r of a zoomed reading
+BIAS_FEATURES = SHARED_NAMES + HATS + tuple(f"zoomed {h}" for h in HATS)
+CALIBRATION_VERSION = 8
+#: the parameters (indices into B0, dB, p) whose value `apply_bias` corrects, each with
+#: the `BIAS_FEATURES` its correction uses (the others at weight 0): B0 all (its mean
+#: error follows p, differently read zoomed and on the whole sweep), dB the shared
+#: ones, p the hats of r at 0.2-0.8 alone (its mean error rises and falls with p, as
+#: large as its scatter: +7, -5, +18 thousandths at p / p_fold 0.3, 0.6, 0.85), so that
+#: p is not corrected below 0.1 p_fold or above 0.9 p_fold: there its mean error is the
+#: pull of the trained range's ends (the networks read no simulated line's p below
+#: 0.13), which would push a thin sample's p below 0 (BDPA in shared/: 0.056 -> -0.046)
+DEBIASED = {0: BIAS_FEATURES, 1: SHARED_NAMES, 2: HATS[:7]}
+#: the corrected parameters whose correction is in units of dB (B0 and dB; p's in p)
+IN_LINE_WIDTHS = (0, 1)
 #: quantiles of the fitted correction over the fitting draw that bound it elsewhere
 BIAS_CLIP_QUANTILES = (0.001, 0.999)
 #: quantile of s over the fitting draw beyond which a sigma is not shrunk (``s_hi``)
@@ -113,11 +175,50 @@ def features(
     l = np.log(np.clip(edge, 0.05, 50.0))  # noqa: E741
     u = np.log(np.clip(db / width, 1e-3, 1.0))
     r = values[:, 2] / p_fold(geometry) if values.shape[1] > 2 else np.zeros(len(values))
-    r = np.clip(np.nan_to_num(r, nan=0.0), 0.0, 3.0)
+    r = np.clip(np.nan_to_num(r, nan=0.0), R_RANGE[0], R_RANGE[1])
+    zoom = 1.0 - whole
+    # where in a zoomed window the line was read, in line widths from the window's centre
+    # (where the reading before put it, or off it where an end of the sweep cut the
+    # window); clipped: beyond 3 the fitting draw has next to no lines
+    c = np.clip((b0 - 0.5 * (windows[:, 0] + windows[:, 1])) / db, -3.0, 3.0)
     return np.column_stack(
-        [np.ones(len(values)), 1.0 - whole, whole * l, whole * l**2, whole * u, whole * u**2,
-         r, r**2, r**3, whole * u * r, whole * u * r**2]
+        [np.ones(len(values)), zoom, whole * l, whole * l**2, whole * u, whole * u**2,
+         r, r**2, r**3, whole * u * r, whole * u * r**2,
+         zoom * c, zoom * c**2, zoom * np.abs(c), zoom * c**3]
     )  # fmt: skip
+
+
+def _hats(values: np.ndarray, geometry: str) -> np.ndarray:
+    """(N, len(HATS)) hat functions of r = p / p_fold at `P_KNOTS` (r clipped to them)."""
+    values = np.asarray(values, dtype=np.float64)
+    r = np.nan_to_num(values[:, 2] / p_fold(geometry), nan=0.0)
+    r = np.clip(r, P_KNOTS[0], P_KNOTS[-1])
+    knots = np.asarray(P_KNOTS)
+    step = knots[1] - knots[0]
+    return np.maximum(0.0, 1.0 - np.abs(r[:, None] - knots[None, 1:]) / step)
+
+
+def _sigma_features(shared: np.ndarray, hats: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """(N, len(FEATURES)) columns of a sigma's factor."""
+    return np.column_stack([shared, hats, s, s**2])
+
+
+def _sigma_columns(j: int) -> np.ndarray:
+    """Which columns of `FEATURES` parameter j's factor is fitted on (the others: 0)."""
+    used = np.ones(len(FEATURES), dtype=bool)
+    if j not in HATTED:
+        used[SHARED : SHARED + len(HATS)] = False
+    return used
+
+
+def _bias_features(
+    values: np.ndarray, windows: np.ndarray, zoomed: np.ndarray, geometry: str
+) -> np.ndarray:
+    """(N, len(BIAS_FEATURES)) columns of the mean-error correction."""
+    shared = features(values, windows, zoomed, geometry)
+    hats = _hats(values, geometry)
+    zoom = np.asarray(zoomed, dtype=np.float64)[:, None]
+    return np.column_stack([shared, hats, zoom * hats])
 
 
 def _log_sigma(sigmas: np.ndarray, windows: np.ndarray, j: int) -> np.ndarray:
@@ -136,10 +237,6 @@ def _of_param(windows: np.ndarray, zoomed: np.ndarray, j: int) -> tuple[np.ndarr
     return (windows[:, j] if windows.ndim == 3 else windows), (
         zoomed[:, j] if zoomed.ndim == 2 else zoomed
     )
-
-
-def _with_sigma(shared: np.ndarray, s: np.ndarray) -> np.ndarray:
-    return np.column_stack([shared, s, s**2])
 
 
 def _closest_factor(z: np.ndarray) -> float:
@@ -197,7 +294,8 @@ def fit_calibration(
         err, log_s = np.abs(values[:, j] - truth[:, j]), np.log(sigmas[:, j])
         s_j = _log_sigma(sigmas, windows_j, j)
         centre = float(np.mean(s_j))
-        f = _with_sigma(shared, s_j - centre)
+        used = _sigma_columns(j)
+        f = _sigma_features(shared, _hats(values, geometry), s_j - centre)[:, used]
 
         def nll(w: np.ndarray, err=err, log_s=log_s, f=f) -> tuple[float, np.ndarray]:
             log_sigma = log_s + f @ w
@@ -210,7 +308,9 @@ def fit_calibration(
             w = minimize(nll, np.zeros(f.shape[1]), jac=True, method="L-BFGS-B", bounds=bounds).x
         z = err / np.exp(log_s + f @ w)
         w[0] += math.log(_closest_factor(z))
-        weights.append([float(v) for v in w])
+        full = np.zeros(len(FEATURES))
+        full[used] = w
+        weights.append([float(v) for v in full])
         centres.append(centre)
         s_hi.append(float(np.quantile(s_j - centre, S_HI_QUANTILE)))
     return {
@@ -218,6 +318,7 @@ def fit_calibration(
         "kind": "log-linear",
         "geometry": geometry,
         "features": list(FEATURES),
+        "bias_features": list(BIAS_FEATURES),
         "weights": weights,
         "s_centres": centres,
         "s_hi": s_hi,
@@ -229,20 +330,22 @@ def _fit_bias(
     values: np.ndarray, truth: np.ndarray, windows: np.ndarray, zoomed: np.ndarray, geometry: str
 ) -> list:
     """Per parameter: None, or (for `DEBIASED`) the weights w of the correction
-    value * (1 + w . f) on the shared features f that fits the truth in least squares,
-    with the correction's range over this draw (`BIAS_CLIP_QUANTILES`) that bounds it
-    elsewhere."""
+    value + dB * (w . f) (B0, dB: `IN_LINE_WIDTHS`) or value + w . f (p), f its
+    `BIAS_FEATURES` (those it does not use at weight 0), that fits the truth in least
+    squares, with the correction's range over this draw (`BIAS_CLIP_QUANTILES`) that
+    bounds it elsewhere. For dB this is dB * (1 + w . f): a relative correction, fitted
+    as the relative error weighted by dB^2 (the relative error alone is skewed where dB
+    is noisy); for B0 a shift in units of the line's width."""
     out: list = [None] * values.shape[1]
-    for j in DEBIASED:
+    for j, names in DEBIASED.items():
         if j >= values.shape[1]:
             continue
-        shared = features(values, *_of_param(windows, zoomed, j), geometry)
-        # least squares of truth - value * (1 + w . f): the relative error weighted by
-        # value^2 (the relative error alone is skewed where the value is noisy)
-        w = np.linalg.lstsq(shared * values[:, j : j + 1], truth[:, j] - values[:, j], rcond=None)[
-            0
-        ]
-        lo, hi = np.quantile(shared @ w, BIAS_CLIP_QUANTILES)
+        f = _bias_features(values, *_of_param(windows, zoomed, j), geometry)
+        used = np.isin(BIAS_FEATURES, names)
+        scale = values[:, 1:2] if j in IN_LINE_WIDTHS else 1.0
+        w = np.zeros(f.shape[1])
+        w[used] = np.linalg.lstsq(f[:, used] * scale, truth[:, j] - values[:, j], rcond=None)[0]
+        lo, hi = np.quantile(f @ w, BIAS_CLIP_QUANTILES)
         out[j] = {"weights": [float(v) for v in w], "clip": [float(lo), float(hi)]}
     return out
 
@@ -250,10 +353,13 @@ def _fit_bias(
 def apply_bias(
     calibration: dict | None, values: np.ndarray, windows: np.ndarray, zoomed: np.ndarray
 ) -> np.ndarray:
-    """`values` with the fitted relative correction applied (a copy): parameter j becomes
-    value * (1 + clip(w_j . f)) for the parameters the table corrects (dB: the networks
-    read it 0.3-0.7 % low on the simulated lines, more near the fold and on wide lines),
-    the features `f` of the uncorrected values. Unchanged without a table."""
+    """`values` with the fitted correction of their mean error applied (a copy):
+    parameter j becomes value + dB * clip(w_j . f) (B0, dB) or value + clip(w_j . f)
+    (p) for the parameters the table corrects (`DEBIASED`: dB, which the networks read
+    0.3-0.7 % low on the simulated lines, more near the fold and on wide lines; B0, off
+    by a few thousandths of dB in a way that rises and falls with p; p, whose mean error
+    rises and falls with p, between 0.1 and 0.9 p_fold only), the features `f` and dB
+    those of the uncorrected values. Unchanged without a table."""
     if not calibration:
         return np.array(values, dtype=np.float64)
     calibration = _checked(calibration)
@@ -268,15 +374,17 @@ def _debias(
     for j, b in enumerate(bias):
         if b is None:
             continue
-        shared = features(raw, *_of_param(windows, zoomed, j), geometry)
-        corr = np.clip(shared @ np.asarray(b["weights"], dtype=np.float64), *b["clip"])
-        values[:, j] = raw[:, j] * (1.0 + corr)
+        f = _bias_features(raw, *_of_param(windows, zoomed, j), geometry)
+        corr = np.clip(f @ np.asarray(b["weights"], dtype=np.float64), *b["clip"])
+        values[:, j] = raw[:, j] + (raw[:, 1] * corr if j in IN_LINE_WIDTHS else corr)
     return values
 
 
 def _checked(calibration: dict) -> dict:
-    if calibration.get("version") != CALIBRATION_VERSION or calibration.get("features") != list(
-        FEATURES
+    if (
+        calibration.get("version") != CALIBRATION_VERSION
+        or calibration.get("features") != list(FEATURES)
+        or calibration.get("bias_features") != list(BIAS_FEATURES)
     ):
         raise ValueError(
             f"sigma_calibration: version {calibration.get('version')!r} is not "
@@ -299,21 +407,39 @@ def apply_calibration(
     zoomed: np.ndarray,
 ) -> np.ndarray:
     """`sigmas` multiplied by the fitted factors (a copy; unchanged when `calibration`
-    is None); a sigma beyond the fitting draw's (`beyond_range`) is never made smaller."""
+    is None); a sigma beyond the fitting draw's (`beyond_range`), and every sigma of a
+    line whose p lies outside the networks' answers on it (`outside_answers`), is never
+    made smaller."""
     sigmas = np.array(sigmas, dtype=np.float64)
     if not calibration:
         return sigmas
     calibration = _checked(calibration)
     w = np.asarray(calibration["weights"], dtype=np.float64)
     raw = sigmas.copy()
+    outside = outside_answers(values, calibration["geometry"])
     for j, centre in enumerate(calibration["s_centres"]):
         windows_j, zoomed_j = _of_param(windows, zoomed, j)
         shared = features(values, windows_j, zoomed_j, calibration["geometry"])
+        hats = _hats(values, calibration["geometry"])
         s_j = _log_sigma(raw, windows_j, j) - centre
-        sigmas[:, j] = raw[:, j] * np.exp(_with_sigma(shared, s_j) @ w[j])
-        far = s_j > calibration["s_hi"][j]  # as `_beyond`
+        sigmas[:, j] = raw[:, j] * np.exp(_sigma_features(shared, hats, s_j) @ w[j])
+        far = (s_j > calibration["s_hi"][j]) | outside  # as `_beyond`
         sigmas[far, j] = np.maximum(sigmas[far, j], raw[far, j])
     return sigmas
+
+
+def outside_answers(values: np.ndarray, geometry: str) -> np.ndarray:
+    """(N,) bool: which lines were read with p / p_fold outside `R_RANGE`, where the
+    networks never answered on the simulated lines the calibration is fitted on (the
+    thin-sample end, p near 0 or below, and beyond the fold). There every feature is
+    that of the nearest simulated lines, and `apply_calibration` keeps each sigma at
+    least the network's own: on the p-near-0 lines of shared/ the calibrated sigma of B0
+    had put least squares 2.7-3 sigmas away (strong1, BDPA)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or values.shape[1] < 3:
+        return np.zeros(len(values), dtype=bool)
+    r = values[:, 2] / p_fold(geometry)
+    return ~((r >= R_RANGE[0]) & (r <= R_RANGE[1]))  # NaN counts as outside
 
 
 def beyond_range(calibration: dict | None, sigmas: np.ndarray, windows: np.ndarray) -> np.ndarray:

@@ -52,7 +52,7 @@ import numpy as np
 
 from . import CHECKPOINT_FORMAT, __version__
 from .atomic import atomic_open
-from .calibration import apply_bias, apply_calibration, beyond_range
+from .calibration import R_RANGE, apply_bias, apply_calibration, beyond_range, outside_answers
 from .lineshapes import ad_ratio, dysonian, g_factor, joshi, p_fold, p_twin
 from .npnet import ModelFileError, NumpyPredictor, load_npz, sha256_of
 from .params import GEOMETRIES, PARAMETERS, field_axis
@@ -450,8 +450,9 @@ def read_zoomed(
     The sigmas are multiplied by the checkpoint's ``sigma_calibration`` table, if it has
     one (`calibration.apply_calibration`: a factor log-linear in the line's position in
     the window each parameter was read on, its relative width and p / p_fold,
-    fitted by ``python -m dysonian_pl calibrate`` on spectra read this way), after dB
-    is corrected for the mean error the table found there (`calibration.apply_bias`),
+    fitted by ``python -m dysonian_pl calibrate`` on spectra read this way), after B0,
+    dB and p are corrected for the mean error the table found there
+    (`calibration.apply_bias`),
     unless `calibrated` is False.
     """
     n = len(first)
@@ -484,7 +485,7 @@ def read_zoomed(
             windows[:, j] = chains[chain[0]][2]
             was_zoomed[list(chains[chain[0]][3]), j] = True
         zoomed = chains[main][3]
-    table = (getattr(model, "checkpoint_meta", None) or {}).get("sigma_calibration")
+    table = _calibration_table(model)
     beyond = np.zeros((n, n_out), dtype=bool)
     if calibrated and table and np.isfinite(sigmas).all():
         beyond = beyond_range(table, sigmas, windows)
@@ -899,6 +900,40 @@ def _p_twin_warning(model: Predictor | NumpyPredictor, p: float, s_p: float) -> 
     if large:
         return f"p is poorly determined by the line shape here (p = {p:.3g} ± {s_p:.2g})"
     return None
+
+
+def _calibration_table(model) -> dict | None:
+    """The model's ``sigma_calibration`` table (`calibration`), or None."""
+    return (getattr(model, "checkpoint_meta", None) or {}).get("sigma_calibration")
+
+
+def _sampling_warning(
+    model: Predictor, params: np.ndarray, n_points: int, sweep: tuple[float, float]
+) -> str | None:
+    """A window-agnostic model's warning for a line recorded with fewer points across its
+    width (dB over the file's field step) than any simulated line it was trained and
+    calibrated on (`sim.n_points` points over the nominal window, dB from its lower
+    end: 41 for the shipped models); None otherwise. A zoomed reading resamples such a
+    line smoothly, and the calibrated sigmas know nothing of it: on the two 0.12 G lines
+    of shared/ recorded at 12 points per width (LiLiF-X, EMX-winEPR) B0 differs from
+    least squares by 7-8 of its sigmas."""
+    sim = model.sim
+    if not getattr(sim, "relative_window", False) or n_points < 2:
+        return None
+    width = float(sweep[1]) - float(sweep[0])
+    d_b = float(params[1])
+    if not (width > 0 and np.isfinite(d_b) and d_b > 0):
+        return None
+    across = d_b * (n_points - 1) / width
+    least = sim.dB[0] * (sim.n_points - 1) / (sim.window[1] - sim.window[0])
+    if across >= least:
+        return None
+    return (
+        f"the line is {across:.3g} recorded points wide (dB over the field step), fewer "
+        f"than the {least:.3g} or more of every simulated line this model was trained and "
+        "calibrated on: its sigmas may be too small here (record more points across the "
+        "line, or a narrower sweep)"
+    )
 
 
 def _warnings_for(
@@ -1474,6 +1509,19 @@ def infer_files(
             )
             if spec.field_unit_assumed:
                 warns.append(UNIT_ASSUMED.format(where=f" (sweep {sweep_lo:.6g}-{sweep_hi:.6g} G)"))
+            coarse = _sampling_warning(model, params, spec.n_points, sweep)
+            if coarse:
+                warns.append(coarse)
+            if with_sigma and _calibration_table(model) and "p" in names:
+                geometry = model.sim.geometry
+                if outside_answers(params[None, :3], geometry)[0]:
+                    fold = p_fold(geometry)
+                    warns.append(
+                        f"p = {float(params[names.index('p')]):.3g} lies outside the p the "
+                        f"network gave on the simulated lines its sigmas were calibrated on "
+                        f"({R_RANGE[0] * fold:.3g}-{R_RANGE[1] * fold:.3g}, {geometry}): every "
+                        "sigma is kept at least the network's own"
+                    )
             unsure = [n for n, b in zip(names, beyond[k], strict=True) if b]
             if unsure:
                 warns.append(

@@ -684,3 +684,29 @@ def test_slices_all_reads_every_slice_of_a_2d_file(rel_model, tmp_path):
         assert first[0][name] == pytest.approx(rows[0][name], rel=1e-6, abs=1e-6)
     with pytest.raises(ValueError, match="slices: must be one of first, all"):
         infer.infer_files(files, rel_model, tmp_path / "x", slices="some")
+
+
+def test_a_line_recorded_with_few_points_across_it_is_warned_of(tmp_path):
+    """The shipped models were trained and calibrated on lines at least 41 recorded
+    points wide (4096 points, dB from 1 % of the sweep): a line 12 points wide gets a
+    warning that names both numbers, one 60 points wide none."""
+    from dysonian_pl.lineshapes import dysonian
+
+    model = infer.load_pretrained("plate")
+    assert infer._sampling_warning(model, np.array([3500.0, 1.0, 0.8]), 4096, (3400.0, 3600.0))
+    rows = {}
+    for name, n in (("coarse", 241), ("fine", 1201)):
+        field = np.linspace(3480.0, 3520.0, n)  # 0.167 and 0.0333 G per point
+        f = tmp_path / f"{name}.csv"
+        line = dysonian(field, 3500.0, 2.0, 0.8, "plate")
+        f.write_text(
+            "Field [G],Intensity\n"
+            + "\n".join(f"{b:.5f},{s:.8e}" for b, s in zip(field, line, strict=True))
+        )
+        (rows[name],) = infer.infer_files([f], model, tmp_path / name, plots=False)
+    coarse = rows["coarse"]["warnings"]
+    assert coarse.count("recorded points wide") == 1
+    assert "the line is 12" in coarse and "the 41 or more" in coarse
+    assert rows["coarse"]["dB"] == pytest.approx(2.0, rel=0.05)
+    assert "recorded points wide" not in rows["fine"]["warnings"]
+    assert rows["fine"]["dB"] == pytest.approx(2.0, rel=0.02)

@@ -288,6 +288,7 @@ def fit_calibration(
     bias = _fit_bias(values, truth, windows, zoomed, geometry)
     values = _debias(bias, geometry, values, windows, zoomed)
     weights, centres, s_hi = [], [], []
+    hats = _hats(values, geometry)
     for j in range(values.shape[1]):
         windows_j, zoomed_j = _of_param(windows, zoomed, j)
         shared = features(values, windows_j, zoomed_j, geometry)
@@ -295,7 +296,7 @@ def fit_calibration(
         s_j = _log_sigma(sigmas, windows_j, j)
         centre = float(np.mean(s_j))
         used = _sigma_columns(j)
-        f = _sigma_features(shared, _hats(values, geometry), s_j - centre)[:, used]
+        f = _sigma_features(shared, hats, s_j - centre)[:, used]
 
         def nll(w: np.ndarray, err=err, log_s=log_s, f=f) -> tuple[float, np.ndarray]:
             log_sigma = log_s + f @ w
@@ -417,10 +418,10 @@ def apply_calibration(
     w = np.asarray(calibration["weights"], dtype=np.float64)
     raw = sigmas.copy()
     outside = outside_answers(values, calibration["geometry"])
+    hats = _hats(values, calibration["geometry"])
     for j, centre in enumerate(calibration["s_centres"]):
         windows_j, zoomed_j = _of_param(windows, zoomed, j)
         shared = features(values, windows_j, zoomed_j, calibration["geometry"])
-        hats = _hats(values, calibration["geometry"])
         s_j = _log_sigma(raw, windows_j, j) - centre
         sigmas[:, j] = raw[:, j] * np.exp(_sigma_features(shared, hats, s_j) @ w[j])
         far = (s_j > calibration["s_hi"][j]) | outside  # as `_beyond`

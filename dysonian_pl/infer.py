@@ -913,10 +913,16 @@ def _sampling_warning(
     """A window-agnostic model's warning for a line recorded with fewer points across its
     width (dB over the file's field step) than any simulated line it was trained and
     calibrated on (`sim.n_points` points over the nominal window, dB from its lower
-    end: 41 for the shipped models); None otherwise. A zoomed reading resamples such a
-    line smoothly, and the calibrated sigmas know nothing of it: on the two 0.12 G lines
-    of shared/ recorded at 12 points per width (LiLiF-X, EMX-winEPR) B0 differs from
-    least squares by 7-8 of its sigmas."""
+    end: 41 for the shipped models); None otherwise. Such a line is resampled onto
+    the network's axis by a cubic (`preprocess.cubic_resample`): clean simulated lines
+    recorded at 6-12 points per width are then read within about half a calibrated
+    sigma of the same lines at 100, but the sigmas were calibrated on none of them, and
+    noise resampled this way is not the noise they were calibrated with. (The two 0.12 G
+    lines of shared/ recorded at 12 points per width, LiLiF-X and EMX-winEPR, have B0
+    7-8 of its sigmas from least squares; that is not the sampling: the network reads
+    clean lines sampled at those files' fields to within 0.0002 G of their B0 on
+    average, at most half the sigma. Least squares puts p at its bound of 0 there, the
+    network 0.47 and 0.64.)"""
     sim = model.sim
     if not getattr(sim, "relative_window", False) or n_points < 2:
         return None
@@ -931,8 +937,8 @@ def _sampling_warning(
     return (
         f"the line is {across:.3g} recorded points wide (dB over the field step), fewer "
         f"than the {least:.3g} or more of every simulated line this model was trained and "
-        "calibrated on: its sigmas may be too small here (record more points across the "
-        "line, or a narrower sweep)"
+        "calibrated on: its sigmas were not calibrated for lines sampled this coarsely "
+        "(record more points across the line, or a narrower sweep)"
     )
 
 

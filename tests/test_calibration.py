@@ -132,7 +132,7 @@ def test_hats_of_p_are_piecewise_linear_and_flat_outside_their_knots():
 def test_fit_and_apply_restore_coverage_where_one_factor_cannot():
     values, sigmas, truth, windows, zoomed, _, _ = _synthetic(40000)
     cal = fit_calibration(values, sigmas, truth, windows, zoomed, "plate")
-    assert cal["version"] == 8 and cal["features"] == list(FEATURES)
+    assert cal["version"] == 9 and cal["features"] == list(FEATURES)
     assert len(cal["s_centres"]) == 3
     # the learned log-factor of B0 follows the one that made the errors: 0.8 r, so its
     # polynomial in r rises by 0.8 from r = 0 to r = 1
@@ -253,6 +253,50 @@ def test_laws_that_rise_and_fall_with_p_are_learned(monkeypatch):
     after = apply_calibration(cubic, apply_bias(cubic, v, w, z), s, w, z)
     worst = max(abs(_coverage(err[rows], after[rows])[0][2] - ONE_SIGMA) for rows in bins[1:9])
     assert worst > 0.1
+
+
+def _offset_wave(n: int, seed: int):
+    """Zoomed B0 readings off by dB * 0.01 c sin(4 pi r): a mean error that follows p
+    one way for a line read right of its window's centre (c > 0, in line widths) and
+    the other way left of it, 0 on the centre."""
+    rng = np.random.default_rng(seed)
+    truth = np.column_stack(
+        [rng.uniform(3300, 3400, n), rng.uniform(10, 20, n), rng.uniform(0.15, 2.6, n)]
+    )  # fmt: skip
+    r = truth[:, 2] / p_fold("plate")
+    c = np.clip(0.5 * rng.standard_normal(n), -2.5, 2.5)
+    centre = truth[:, 0] - c * truth[:, 1]
+    windows = np.column_stack([centre - 2 * truth[:, 1], centre + 2 * truth[:, 1]])
+    sigmas = np.column_stack([0.002 * truth[:, 1], 0.01 * truth[:, 1], np.full(n, 0.01)])
+    values = truth + rng.standard_normal((n, 3)) * sigmas
+    values[:, 0] += truth[:, 1] * 0.01 * c * np.sin(4 * np.pi * r)
+    return values, sigmas, truth, windows, np.ones(n, bool), r, c
+
+
+def test_a_mean_error_of_b0_that_follows_p_with_the_offset_is_learned(monkeypatch):
+    """Version 9: B0's correction has the hats of r times c (the zoomed reading's offset
+    from its window's centre); without them (version 8's features) a mean error whose
+    sign follows c is left as it was, since the hats of r alone average it to 0."""
+    import dysonian_pl.calibration as C
+
+    fit = _offset_wave(20000, 0)[:5]
+    v, s, t, w, z, r, c = _offset_wave(20000, 1)
+    bins = [
+        (r >= a) & (r < a + 0.1) & (np.sign(c) == side)
+        for a in np.arange(0.1, 0.9, 0.1)
+        for side in (-1, 1)
+    ]
+
+    def worst(cal):  # the largest mean error of B0 in a bin, in units of dB (15 on average)
+        fixed = apply_bias(cal, v, w, z)
+        return max(abs(np.mean(fixed[rows, 0] - t[rows, 0])) / 15.0 for rows in bins)
+
+    assert worst(None) > 0.002
+    assert worst(fit_calibration(*fit, "plate")) < 0.0008
+    offset = tuple(n for n in BIAS_FEATURES if n.startswith("zoomed c hat"))
+    assert len(offset) == len(HATS)
+    monkeypatch.setitem(C.DEBIASED, 0, tuple(n for n in BIAS_FEATURES if n not in offset))
+    assert worst(fit_calibration(*fit, "plate")) > 0.002
 
 
 def test_a_zoomed_window_cut_by_the_end_of_the_sweep_gets_its_own_factor():

@@ -673,15 +673,19 @@ def test_slices_all_reads_every_slice_of_a_2d_file(rel_model, tmp_path):
     assert all((tmp_path / "all" / r["plot"]).is_file() for r in rows)
     table = _read_csv(tmp_path / "all" / "predictions.csv")
     assert [t["slice"] for t in table] == [str(k) for k in range(10)] + [""]
-    # the same spectrum read alone or as one of ten: the same numbers (to float32 rounding
-    # of a batch of 11 against 1)
+    # the same spectrum read alone or as one of ten: the same numbers, to float32 rounding
+    # of a batch of 11 against 1 carried through the zoomed readings (up to 1e-5 of dB or
+    # p with a tiny test model, depending on which tests trained it first), far closer
+    # than two slices of the file are to each other
     first = infer.infer_files(files[:1], rel_model, tmp_path / "first", quiet=True)
     assert len(first) == 1 and first[0]["slice"] == 0
     assert (
         first[0]["file"] == "BDPA-2DFieldDelay.DSC" and first[0]["plot"] == "BDPA-2DFieldDelay.svg"
     )
-    for name in ("B0", "dB", "p"):
-        assert first[0][name] == pytest.approx(rows[0][name], rel=1e-6, abs=1e-6)
+    tolerance = {"B0": {"abs": 2e-4}, "dB": {"rel": 1e-4}, "p": {"rel": 1e-4, "abs": 1e-5}}
+    for name, tol in tolerance.items():
+        assert first[0][name] == pytest.approx(rows[0][name], **tol)
+        assert rows[1][name] != pytest.approx(rows[0][name], **tol)  # the test can tell
     with pytest.raises(ValueError, match="slices: must be one of first, all"):
         infer.infer_files(files, rel_model, tmp_path / "x", slices="some")
 

@@ -77,6 +77,16 @@ number of the sets within their draw's noise; set-2's B0 ±1σ stayed 0.74 (on 1
 lines refitted it had reached 0.72-0.73: the bias at p 1.8-2.0 is set-2's own, and
 the product removes a third of it at most).
 
+Since version 10 p's factor has the hats of r times u and u^2 too (`WIDE_HATS`;
+whole-sweep readings): how p's error follows p changes with the line's width in its
+window. Over a separate draw of 10,000 simulated lines (cached readings), version 9 left p's
+±1σ at 0.53-0.61 for lines 15-26 % of their window wide at p / p_fold 0.4-0.8 (0.68-0.69
+for narrow ones), which is where set-1's lines lie (±1σ 0.616 there); refitted on those
+cached readings, the product put set-1's p at 0.642-0.646 on two draws and moved no
+other set's coverage outside its band. p's factor also leaves out the polynomial in r
+(`POLY_R`): beside the hats it was degenerate, fitted to its bounds, and made the factor
+jump below the hats' first knot (a thin sample's p near 0).
+
 Beyond the simulated lines: the fitted factor is mostly below 1 (the network's own
 sigmas are wide) and, for p and dB read zoomed, barely depends on the sigma itself (on
 simulated lines a larger sigma does not mean a larger error there). A real line unlike
@@ -103,6 +113,8 @@ from .lineshapes import p_fold
 __all__ = [
     "DEBIASED",
     "FEATURES",
+    "WIDE_HATS",
+    "POLY_R",
     "ONE_SIGMA",
     "SHARED",
     "TWO_SIGMA",
@@ -143,19 +155,28 @@ R_RANGE = (0.05, 1.0)
 P_KNOTS = tuple(k / 10 for k in range(1, 11))
 #: the hats' names (the first knot's hat is left out: with the constant they would sum to 1)
 HATS = tuple(f"hat r={k:g}" for k in P_KNOTS[1:])
-#: names of the columns of a sigma's factor: shared, hats of r (weight 0 except for the
-#: parameters in `HATTED`), the parameter's own log sigma and its square
-FEATURES = SHARED_NAMES + HATS + ("s", "s^2")
+#: the hats of r times u and u^2 (u = log(dB / window) of a whole-sweep reading): how a
+#: sigma follows p, for lines wide in their window (version 10)
+WIDE_HATS = tuple(f"u {h}" for h in HATS) + tuple(f"u^2 {h}" for h in HATS)
+#: names of the columns of a sigma's factor: shared, hats of r and `WIDE_HATS` (weight 0
+#: except for the parameters in `HATTED`), the parameter's own log sigma and its square
+FEATURES = SHARED_NAMES + HATS + WIDE_HATS + ("s", "s^2")
 #: the parameters whose sigma factor follows p in hats: p's (its error rises and falls
 #: with p in a way no cubic follows; on B0 and dB the hats made the sets' coverage worse)
 HATTED = (2,)
+#: the shared features the factor of a parameter in `HATTED` leaves out (version 10):
+#: its hats and `WIDE_HATS` are its functions of r, and beside them the cubic in r was
+#: fitted to its bounds (weights of ±20 that cancel over the draw), which made the
+#: factor jump between the hats' flat end at r = 0.1 and r = 0.05: by 2.6 times with
+#: version 9's weights, 29 times with the wide hats added
+POLY_R = ("r", "r^2", "r^3", "u r", "u r^2")
 #: names of the columns of the mean-error correction (`_bias_features`): the shared
 #: features, the hats of r, the hats of r of a zoomed reading, and those times c (the
 #: zoomed reading's offset from its window's centre, in line widths: `features`)
 BIAS_FEATURES = (
     SHARED_NAMES + HATS + tuple(f"zoomed {h}" for h in HATS) + tuple(f"zoomed c {h}" for h in HATS)
 )
-CALIBRATION_VERSION = 9
+CALIBRATION_VERSION = 10
 #: the parameters (indices into B0, dB, p) whose value `apply_bias` corrects, each with
 #: the `BIAS_FEATURES` its correction uses (the others at weight 0): B0 all (its mean
 #: error follows p, differently read zoomed and on the whole sweep), dB the shared
@@ -221,14 +242,17 @@ def _hats(values: np.ndarray, geometry: str) -> np.ndarray:
 
 def _sigma_features(shared: np.ndarray, hats: np.ndarray, s: np.ndarray) -> np.ndarray:
     """(N, len(FEATURES)) columns of a sigma's factor."""
-    return np.column_stack([shared, hats, s, s**2])
+    u = shared[:, SHARED_NAMES.index("u")][:, None]  # 0 for a zoomed reading
+    return np.column_stack([shared, hats, u * hats, u**2 * hats, s, s**2])
 
 
 def _sigma_columns(j: int) -> np.ndarray:
     """Which columns of `FEATURES` parameter j's factor is fitted on (the others: 0)."""
     used = np.ones(len(FEATURES), dtype=bool)
     if j not in HATTED:
-        used[SHARED : SHARED + len(HATS)] = False
+        used[SHARED : SHARED + len(HATS) + len(WIDE_HATS)] = False
+    else:  # the hats are its functions of r: a polynomial beside them is degenerate
+        used[[FEATURES.index(n) for n in POLY_R]] = False
     return used
 
 

@@ -96,7 +96,7 @@ def test_features_from_predictions():
     values = np.array([[500.0, 50.0, 1.0], [120.0, 10.0, 2.0], [990.0, 20.0, 0.5]])
     windows = np.array([[0.0, 1000.0], [0.0, 1000.0], [900.0, 1100.0]])
     f = features(values, windows, np.array([False, False, True]), "plate")
-    assert f.shape == (3, SHARED) and SHARED == len(FEATURES) - len(HATS) - 2
+    assert f.shape == (3, SHARED) and SHARED == len(FEATURES) - 3 * len(HATS) - 2
     assert FEATURES[:SHARED] == BIAS_FEATURES[:SHARED]
     assert f[0, FEATURES.index("l")] == pytest.approx(np.log(500 / 50))
     assert f[1, FEATURES.index("l")] == pytest.approx(np.log(120 / 10))
@@ -132,7 +132,7 @@ def test_hats_of_p_are_piecewise_linear_and_flat_outside_their_knots():
 def test_fit_and_apply_restore_coverage_where_one_factor_cannot():
     values, sigmas, truth, windows, zoomed, _, _ = _synthetic(40000)
     cal = fit_calibration(values, sigmas, truth, windows, zoomed, "plate")
-    assert cal["version"] == 9 and cal["features"] == list(FEATURES)
+    assert cal["version"] == 10 and cal["features"] == list(FEATURES)
     assert len(cal["s_centres"]) == 3
     # the learned log-factor of B0 follows the one that made the errors: 0.8 r, so its
     # polynomial in r rises by 0.8 from r = 0 to r = 1
@@ -253,6 +253,63 @@ def test_laws_that_rise_and_fall_with_p_are_learned(monkeypatch):
     after = apply_calibration(cubic, apply_bias(cubic, v, w, z), s, w, z)
     worst = max(abs(_coverage(err[rows], after[rows])[0][2] - ONE_SIGMA) for rows in bins[1:9])
     assert worst > 0.1
+
+
+def _wide_wave(n: int, seed: int):
+    """Whole-sweep readings whose p errors scale as exp(0.8 w sin(2 pi r)), w from 0 for
+    a line 1 % of its window wide to 1 at 25 %: how p's error follows p changes with the
+    line's width in its window (as the networks' does: over a fitting draw, p's ±1σ held
+    0.53-0.61 for lines 15-26 % of the window wide at p / p_fold 0.4-0.8, against
+    0.68-0.69 for narrow ones)."""
+    rng = np.random.default_rng(seed)
+    width = rng.uniform(0.01, 0.25, n)
+    truth = np.column_stack(
+        [rng.uniform(450, 550, n), 1000 * width, rng.uniform(0.15, 2.6, n)]
+    )  # fmt: skip
+    r = truth[:, 2] / p_fold("plate")
+    windows = np.tile([0.0, 1000.0], (n, 1))
+    sigmas = np.column_stack([0.01 * truth[:, 1], 0.01 * truth[:, 1], np.full(n, 0.01)])
+    noise = rng.standard_normal((n, 3)) * sigmas
+    wide = (width - 0.01) / 0.24
+    noise[:, 2] *= np.exp(0.8 * wide * np.sin(2 * np.pi * r))
+    return truth + noise, sigmas, truth, windows, np.zeros(n, bool), r, wide
+
+
+def test_how_p_s_sigma_follows_p_may_change_with_the_line_s_width(monkeypatch):
+    """Version 10: p's factor has the hats of r times u and u^2 (u = log(dB / window));
+    with the hats of r alone (version 9), wide lines at p / p_fold 0.2-0.4 are covered
+    too little (±1σ 0.58-0.61) and at 0.6-0.8 too much (0.76-0.77)."""
+    import dysonian_pl.calibration as C
+
+    fit = _wide_wave(30000, 0)[:5]
+    v, s, t, w, z, r, wide = _wide_wave(30000, 1)
+    bins = [(r >= a) & (r < a + 0.1) & (wide > 0.7) for a in np.arange(0.1, 0.9, 0.1)]
+
+    def worst(cal):  # the largest distance of p's ±1σ coverage from nominal in a bin
+        after = apply_calibration(cal, apply_bias(cal, v, w, z), s, w, z)
+        err = np.abs(apply_bias(cal, v, w, z) - t)
+        return max(abs(_coverage(err[rows], after[rows])[0][2] - ONE_SIGMA) for rows in bins)
+
+    cal = fit_calibration(*fit, "plate")
+    assert worst(cal) < 0.05
+    # p's factor has no polynomial in r beside its hats: flat below their first knot
+    # (r = 0.1), where a cubic fitted beside them had jumped 29 times by r = 0.05
+    assert not any(cal["weights"][2][FEATURES.index(n)] for n in C.POLY_R)
+    line = np.array([[500.0, 50.0, 0.1 * p_fold("plate")], [500.0, 50.0, 0.05 * p_fold("plate")]])
+    two = apply_calibration(
+        cal, line, np.full((2, 3), 0.05), np.tile([0.0, 1000.0], (2, 1)), [False] * 2
+    )
+    assert two[0, 2] == pytest.approx(two[1, 2], rel=1e-12)
+    wide_cols = [FEATURES.index(n) for n in C.WIDE_HATS]
+    real = C._sigma_columns
+
+    def without(j: int) -> np.ndarray:
+        used = real(j)
+        used[wide_cols] = False
+        return used
+
+    monkeypatch.setattr(C, "_sigma_columns", without)
+    assert worst(fit_calibration(*fit, "plate")) > 0.08
 
 
 def _offset_wave(n: int, seed: int):

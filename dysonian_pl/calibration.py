@@ -263,8 +263,8 @@ def _bias_features(
     shared = features(values, windows, zoomed, geometry)
     hats = _hats(values, geometry)
     zoom = np.asarray(zoomed, dtype=np.float64)[:, None]
-    c = _offset(values, windows)[:, None]
-    return np.column_stack([shared, hats, zoom * hats, zoom * c * hats])
+    zoom_c = shared[:, SHARED_NAMES.index("zoomed c")][:, None]  # c of a zoomed reading, else 0
+    return np.column_stack([shared, hats, zoom * hats, zoom_c * hats])
 
 
 def _log_sigma(sigmas: np.ndarray, windows: np.ndarray, j: int) -> np.ndarray:

@@ -112,7 +112,7 @@ def cubic_resample(axis: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray
     extrema, and the network reads it wider: on clean simulated plate lines (p 0.3, 1,
     2) the shipped plate model read dB wider than at 100 points per width by 0.2-0.7 %
     at 12 points (8: 0.6-1.2 %; 4: 2.5-3.7 %, three of its calibrated sigmas), and by
-    -0.1-0.4 % (4: 0.1-0.7 %) with this; B0's scatter fell too (`docs/model_card.md`).
+    -0.1-0.4 % (4: 0.0-0.7 %) with this; B0's scatter fell too (`docs/model_card.md`).
     numpy only (scipy's splines would add most of a second to `infer`'s start-up)."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)

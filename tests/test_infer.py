@@ -685,7 +685,8 @@ def test_slices_all_reads_every_slice_of_a_2d_file(rel_model, tmp_path):
     tolerance = {"B0": {"abs": 2e-4}, "dB": {"rel": 1e-4}, "p": {"rel": 1e-4, "abs": 1e-5}}
     for name, tol in tolerance.items():
         assert first[0][name] == pytest.approx(rows[0][name], **tol)
-        assert rows[1][name] != pytest.approx(rows[0][name], **tol)  # the test can tell
+        # the test can tell: some slice of the ten is read apart from the first
+        assert any(r[name] != pytest.approx(rows[0][name], **tol) for r in rows[1:10])
     with pytest.raises(ValueError, match="slices: must be one of first, all"):
         infer.infer_files(files, rel_model, tmp_path / "x", slices="some")
 

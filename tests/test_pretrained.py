@@ -116,8 +116,11 @@ def test_shipped_tables_are_current_and_correct_the_mean_error_by_little(geometr
     assert table["features"] == list(calibration.FEATURES)
     lo, hi = table["bias"][2]["clip"]  # p: by at most about a tenth
     assert -0.15 < lo < 0.0 < hi < 0.15, (lo, hi)
-    lo, hi = table["bias"][0]["clip"]  # B0: a shift of at most a few hundredths of dB
-    assert -0.05 < lo < 0.0 < hi < 0.05, (lo, hi)
+    # B0: a shift of at most a few hundredths of dB (the sphere's largest, -0.071, since
+    # version 11: lines near an end of the sweep, read on a window it cut, whose mean
+    # error over the fitting draw's 1 % most corrected is -0.039 +- 0.007 dB)
+    lo, hi = table["bias"][0]["clip"]
+    assert -0.08 < lo < 0.0 < hi < 0.08, (lo, hi)
     lo, hi = table["bias"][1]["clip"]
     assert -0.02 < lo < 0.0 < hi < 0.035, (lo, hi)
 

@@ -412,7 +412,7 @@ def test_a_mean_error_of_zoomed_b0_that_swings_with_p_faster_than_tenths_is_lear
 def test_b0_s_correction_is_fitted_in_line_widths_every_line_counted_alike(monkeypatch):
     """Version 11: zoomed readings of narrow lines (80 %, 10-20 G) off by +0.005 dB and of
     wide ones (20 %, 300-500 G) not off, nothing in the features to tell them apart: the
-    correction fitted in line widths is +0.004 dB for both, so the mean error over the
+    correction fitted in line widths takes 0.004 dB off both, so the mean error over the
     lines is 0.0016 dB; fitted in gauss, as before, the wide lines outweigh the narrow
     ones by their width squared and the narrow ones are left 0.005 dB off."""
     import dysonian_pl.calibration as C

@@ -561,7 +561,7 @@ def beyond_range(calibration: dict | None, sigmas: np.ndarray, windows: np.ndarr
 
 def calibrate_model(model, n: int, seed: int, rounds: int | None = None) -> tuple[dict, dict]:
     """Fit the table for a window-agnostic model on `n` fresh spectra of its own ranges
-    (indices from 2 * 10**9: in no training, validation, test or `sets` split), read as
+    (dB log-uniform over them, whatever `sim.dB_narrow` the model was trained with; indices from 2 * 10**9: in no training, validation, test or `sets` split), read as
     `infer` reads them. Returns (table, summary) where the summary has the coverage
     before and after on a second, independent draw of `n` spectra."""
     from .infer import ZOOM_ROUNDS, predict_zoomed, zoomed_flags
@@ -577,8 +577,12 @@ def calibrate_model(model, n: int, seed: int, rounds: int | None = None) -> tupl
     axis = field_axis(model.sim)
     width = axis[-1] - axis[0]
 
+    # the lines users bring, one log-uniform range of widths, not the training's weighting
+    # of them (sim.dB_narrow): the table must hold for narrow lines as for the rest
+    draw = model.sim.replace(dB_narrow=None) if getattr(model.sim, "dB_narrow", None) else model.sim
+
     def read(offset: int):
-        x, y = simulate(model.sim, seed, offset + np.arange(n))
+        x, y = simulate(draw, seed, offset + np.arange(n))
         values, sigmas, windows = predict_zoomed(
             model, axis, x.numpy(), rounds=rounds, calibrated=False
         )

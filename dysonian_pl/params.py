@@ -138,6 +138,12 @@ class SimulationConfig:
     augment: Augmentations = field(default_factory=Augmentations)
     alpha: tuple[float, float] = (0.0, 1.0)  # used only by wide lines (dB >= 1000 G)
     log_dB: bool = False  # draw dB log-uniformly (ranges spanning a decade or more)
+    # with log_dB, (width G, share): draw `share` of the lines log-uniformly below `width`
+    # and the rest log-uniformly above it (None: one log-uniform range). A window-agnostic
+    # model reads a line narrower than infer.ZOOM_BELOW of its sweep again on a window
+    # zoomed to it, so it reads narrow lines at 10-30 % of a window: its budget is better
+    # spent above that width, with a share below it for the first, zooming reading.
+    dB_narrow: tuple[float, float] | None = None
     # the window is nominal: the model reads a spectrum recorded over any sweep by
     # mapping that sweep onto this window (targets relative to the sweep); see infer
     relative_window: bool = False
@@ -174,6 +180,21 @@ class SimulationConfig:
         if isinstance(self.augment, dict):
             object.__setattr__(self, "augment", Augmentations(**self.augment))
         lo, hi = self.dB
+        if self.dB_narrow is not None:
+            try:
+                width, share = (float(v) for v in self.dB_narrow)
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"{_OPT}dB_narrow: expected [width G, share] or null (got {self.dB_narrow!r})"
+                ) from None
+            if not self.log_dB:
+                raise ConfigError(f"{_OPT}dB_narrow: needs log_dB: true (a log-uniform dB)")
+            if not (lo < width < hi and 0.0 < share < 1.0):
+                raise ConfigError(
+                    f"{_OPT}dB_narrow: need dB min < width < dB max and 0 < share < 1 "
+                    f"(got [{width}, {share}] with dB [{lo}, {hi}])"
+                )
+            object.__setattr__(self, "dB_narrow", (width, share))
         if lo < WIDE_LINE_THRESHOLD_G <= hi and hi != lo:
             raise ConfigError(
                 f"{_OPT}dB: range [{lo}, {hi}] G straddles the narrow/wide threshold "

@@ -88,7 +88,15 @@ def draw_targets(cfg: SimulationConfig, seed: int, index: np.ndarray) -> np.ndar
     )
     if cfg.log_dB:
         lo, hi = np.log(cfg.dB[0]), np.log(cfg.dB[1])
-        y[:, 1] = np.exp(_draw(seed, index, _S_DB, lo, hi))
+        if cfg.dB_narrow is None:
+            y[:, 1] = np.exp(_draw(seed, index, _S_DB, lo, hi))
+        else:  # the inverse CDF of two log-uniform pieces, from the same uniform stream
+            width, share = cfg.dB_narrow
+            mid = np.log(width)
+            u = uniform(seed, index, _S_DB)
+            below = lo + (mid - lo) * (u / share)
+            above = mid + (hi - mid) * ((u - share) / (1.0 - share))
+            y[:, 1] = np.exp(np.where(u < share, below, above))
     return y
 
 

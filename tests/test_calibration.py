@@ -614,6 +614,32 @@ def test_calibrate_command_writes_a_checkpoint_infer_uses(tmp_path, capsys):
     assert not (tmp_path / "x.ckpt").exists()
 
 
+def test_calibrate_draws_widths_log_uniformly_whatever_the_training_weighting(monkeypatch):
+    """A model trained with fewer narrow lines (sim.dB_narrow) is calibrated on the lines
+    users bring, log-uniform over the whole range: its table must hold for narrow lines."""
+    from types import SimpleNamespace
+
+    import dysonian_pl.simulate as simulate_module
+    from dysonian_pl.calibration import calibrate_model
+    from dysonian_pl.params import PRESETS
+
+    class Drawn(Exception):
+        pass
+
+    drawn = []
+
+    def spy(cfg, seed, index):
+        drawn.append((cfg, seed, int(index[0]), len(index)))
+        raise Drawn
+
+    monkeypatch.setattr(simulate_module, "simulate", spy)
+    plain = PRESETS["universal-plate"]
+    for sim in (plain.replace(dB_narrow=(40.0, 0.1)), plain):
+        with pytest.raises(Drawn):
+            calibrate_model(SimpleNamespace(sim=sim, uncertainty=True), 1000, 5)
+    assert drawn == [(plain, 5, 2 * 10**9, 1000)] * 2
+
+
 def test_the_sigma_feature_corrects_sigmas_that_spread_too_little():
     """Errors that grow as sigma^2 (a network whose sigmas are right on average but too
     alike between easy and hard lines): the s feature learns the power."""

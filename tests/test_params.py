@@ -146,6 +146,33 @@ def test_dB_on_one_side_of_threshold_is_allowed(dB, wide: bool) -> None:
     assert set(cfg.ranges()) == set(cfg.target_names)
 
 
+@pytest.mark.parametrize(
+    ("narrow", "log_dB", "what"),
+    [
+        ((40.0, 0.1), False, "needs log_dB"),
+        ((5.0, 0.1), True, "dB min < width < dB max"),
+        ((100.0, 0.1), True, "dB min < width < dB max"),
+        ((40.0, 0.0), True, "0 < share < 1"),
+        ((40.0, 1.0), True, "0 < share < 1"),
+        ((40.0,), True, "expected [width G, share]"),
+        ("wide", True, "expected [width G, share]"),
+    ],
+)
+def test_error_dB_narrow(narrow, log_dB: bool, what: str) -> None:
+    msg = _error(dB=(10.0, 100.0), log_dB=log_dB, dB_narrow=narrow)
+    assert _starts_with_option(msg, "dB_narrow") and what in msg
+
+
+def test_dB_narrow_round_trips_and_defaults_to_none() -> None:
+    assert SimulationConfig().dB_narrow is None
+    cfg = SimulationConfig(dB=(10.0, 100.0), log_dB=True, dB_narrow=[20, 0.25])
+    assert cfg.dB_narrow == (20.0, 0.25)
+    assert SimulationConfig.from_dict(cfg.to_dict()) == cfg
+    old = cfg.to_dict()
+    del old["dB_narrow"]  # a checkpoint from before the option
+    assert SimulationConfig.from_dict(old).dB_narrow is None
+
+
 def test_error_n_points_too_small() -> None:
     msg = _error(n_points=MIN_POINTS - 1)
     assert _starts_with_option(msg, "n_points") and f">= {MIN_POINTS}" in msg and "127" in msg

@@ -232,6 +232,30 @@ def test_targets_uniform_within_ranges() -> None:
     np.testing.assert_array_equal(y2, y[:50])
 
 
+def test_log_dB_with_a_narrow_share_is_two_log_uniform_pieces() -> None:
+    base = SimulationConfig(
+        B0=(100, 900), dB=(10, 500), p=(0.05, 2.65), window=(0, 1000), log_dB=True
+    )
+    c = base.replace(dB_narrow=(40.0, 0.1))
+    n = 40000
+    y = draw_targets(c, 3, np.arange(n))
+    dB = y[:, 1]
+    below = dB < 40.0
+    assert abs(below.mean() - 0.1) < 4 * np.sqrt(0.1 * 0.9 / n)
+    # log-uniform within each piece
+    lo_part = (np.log(dB[below]) - np.log(10.0)) / np.log(4.0)
+    hi_part = (np.log(dB[~below]) - np.log(40.0)) / np.log(12.5)
+    assert stats.kstest(lo_part, "uniform").pvalue > 1e-3
+    assert stats.kstest(hi_part, "uniform").pvalue > 1e-3
+    assert dB.min() >= 10.0 and dB.max() < 500.0
+    # plain log-uniform puts 35 % below 40 G (ln 4 / ln 50); the other targets are unchanged
+    plain = draw_targets(base, 3, np.arange(n))
+    assert abs((plain[:, 1] < 40.0).mean() - np.log(4) / np.log(50)) < 0.01
+    np.testing.assert_array_equal(plain[:, [0, 2]], y[:, [0, 2]])
+    # the same uniform drawn through the two CDFs: the order of the widths is kept
+    np.testing.assert_array_equal(np.argsort(plain[:, 1]), np.argsort(dB))
+
+
 # ---------------------------------------------------------------- augmentations
 def _fit_scale(noisy: np.ndarray, clean: np.ndarray) -> np.ndarray:
     """Least-squares c per row with noisy ~ c * clean."""

@@ -4,7 +4,9 @@
 # 5 minutes at one thread, two runs at a time on a 2-core CPU), same recipe otherwise
 # (configs/pretrained.yaml: uncertainty head, 20,000-spectrum split).
 #   bash scripts/same_budget.sh [OUT_DIR] [STEPS] [PAIRS...]
-# Extra fit options for every run in $FIT_EXTRA (e.g. FIT_EXTRA="--model.detrend 2");
+# Extra fit options for every run in $FIT_EXTRA (e.g. FIT_EXTRA="--model.detrend 2"), and
+# for the window-agnostic (universal-*) runs only in $UNIVERSAL_EXTRA (e.g.
+# UNIVERSAL_EXTRA="--config configs/narrow-share.yaml");
 # PAIRS (default: all four) as "a b" strings, e.g. "universal-plate set-1".
 # then, from the printed checkpoints:
 #   python -m dysonian_pl sets --ckpt OUT/universal-plate.ckpt --reference set-1=OUT/set-1.ckpt ...
@@ -15,6 +17,7 @@ mkdir -p "$out"
 train() {  # name, set config
     OMP_NUM_THREADS=1 python -m dysonian_pl fit --config "configs/sets/$2.yaml" \
         --config configs/pretrained.yaml --trainer.max_steps "$steps" ${FIT_EXTRA:-} \
+        $(case $2 in universal-*) echo "${UNIVERSAL_EXTRA:-}";; esac) \
         --trainer.default_root_dir "$out/$1" > "$out/$1.log" 2>&1
     cp "$(ls -t "$out/$1"/lightning_logs/*/checkpoints/best-*.ckpt | head -1)" "$out/$1.ckpt"
     echo "$out/$1.ckpt"

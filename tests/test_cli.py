@@ -252,6 +252,30 @@ def test_fit_prior_network_overlay(tmp_path: Path, capsys) -> None:
     assert sum(p.numel() for p in cli.model.net.parameters()) == 691_283
 
 
+def test_fit_narrow_share_overlay_reaches_data_model_and_checkpoint(tmp_path: Path) -> None:
+    from dysonian_pl.infer import load_model
+
+    cli = fit(
+        "--config", config("sets/universal-plate.yaml"), "--config", config("pretrained.yaml"),
+        "--config", config("narrow-share.yaml"), *tiny_overrides(tmp_path),
+    )  # fmt: skip
+    assert cli.model.sim.dB_narrow == (40.0, 0.1) and cli.datamodule.sim == cli.model.sim
+    model = load_model(cli.trainer.checkpoint_callback.best_model_path)
+    assert model.sim.dB_narrow == (40.0, 0.1) and model.sim.log_dB
+
+
+def test_narrow_share_on_a_fixed_window_set_is_one_clear_line(tmp_path: Path, capsys) -> None:
+    args = ["fit", "--config", config("sets/set-1.yaml"), "--config", config("narrow-share.yaml")]
+    try:
+        status = main([*args, *tiny_overrides(tmp_path)])
+    except SystemExit as exc:
+        status = exc.code
+    err = capsys.readouterr().err
+    assert status not in (0, None) and not hasattr(status, "trainer")
+    assert "data.sim.dB_narrow: needs log_dB: true" in err and "Traceback" not in err
+    assert not (tmp_path / "lightning_logs").exists()
+
+
 def test_bad_option_value_is_one_line_not_a_traceback(tmp_path: Path, capsys) -> None:
     args = ["fit", *tiny_overrides(tmp_path), "--data.sim.n_points", "64"]
     try:

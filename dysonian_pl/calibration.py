@@ -561,7 +561,8 @@ def beyond_range(calibration: dict | None, sigmas: np.ndarray, windows: np.ndarr
 
 def calibrate_model(model, n: int, seed: int, rounds: int | None = None) -> tuple[dict, dict]:
     """Fit the table for a window-agnostic model on `n` fresh spectra of its own ranges
-    (dB log-uniform over them, whatever `sim.dB_narrow` the model was trained with; indices from 2 * 10**9: in no training, validation, test or `sets` split), read as
+    (dB log-uniform over them, whatever `sim.dB_narrow` the model was trained with;
+    indices from 2 * 10**9: in no training, validation, test or `sets` split), read as
     `infer` reads them. Returns (table, summary) where the summary has the coverage
     before and after on a second, independent draw of `n` spectra."""
     from .infer import ZOOM_ROUNDS, predict_zoomed, zoomed_flags
@@ -579,7 +580,7 @@ def calibrate_model(model, n: int, seed: int, rounds: int | None = None) -> tupl
 
     # the lines users bring, one log-uniform range of widths, not the training's weighting
     # of them (sim.dB_narrow): the table must hold for narrow lines as for the rest
-    draw = model.sim.replace(dB_narrow=None) if getattr(model.sim, "dB_narrow", None) else model.sim
+    draw = model.sim.replace(dB_narrow=None)
 
     def read(offset: int):
         x, y = simulate(draw, seed, offset + np.arange(n))

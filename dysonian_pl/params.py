@@ -214,8 +214,14 @@ class SimulationConfig:
         return {name: getattr(self, name) for name in self.target_names}
 
     def to_dict(self) -> dict:
-        """Plain JSON types (lists, not tuples): the cache key, hparams and checkpoints use it."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """Plain JSON types (lists, not tuples): the cache key, hparams and checkpoints use it.
+
+        Without `dB_narrow` the key is left out, so that a config without it has the same
+        dict (cache key, checkpoint hparams, exported models) as before the option."""
+        d = json.loads(json.dumps(dataclasses.asdict(self)))
+        if d["dB_narrow"] is None:
+            del d["dB_narrow"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> SimulationConfig:
